@@ -1,0 +1,103 @@
+"""dwcp-selector: per-transfer choice of how to encode data before the AMST transport sends it.
+
+The data flow, one subpackage or module a stage, each importing only from stages above it:
+
+    errors, config         one exception tree; settings read from the environment in one place
+    link, costmodel        what we know of the path and nodes; the cost of a transfer and its oracle
+    strategies             the encoders none, lz4, zstd, hde; frames, baselines, dictionaries, chunking
+    transport              AMST: chunks over parallel TCP streams
+    measure                every strategy run for real on a payload, priced and labelled
+    workload               staging payload families
+    cli                    the ``dwcp-selector`` command
+
+>>> import dwcp_selector as dw
+>>> codec = dw.PayloadCodec()
+>>> frame = codec.encode(b"hello " * 1000, "zstd").to_bytes()
+>>> codec.decode(frame) == b"hello " * 1000
+True
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .config import Settings
+from .costmodel import CostModel, CostParams, Oracle, OracleDecision, StrategyMeasurement
+from .errors import (
+    BaselineError,
+    BaselineMismatchError,
+    BaselineMissingError,
+    ConfigError,
+    CorruptFrameError,
+    DictionaryError,
+    DwcpError,
+    FrameError,
+    FrameLimitError,
+    ProtocolError,
+    StrategyError,
+    StreamBrokenError,
+    TransferTimeoutError,
+    TransportError,
+    TruncatedFrameError,
+    UnsupportedFrameError,
+)
+from .link import LINK_CLASSES, LinkClass, LinkState, SystemState, link_from_class
+from .measure import MeasureReport, StrategyRun, measure_payload
+from .strategies import (
+    Baseline,
+    BaselineStore,
+    ChecksumAlgo,
+    DictionaryStore,
+    EncodedPayload,
+    Encoder,
+    PayloadCodec,
+    Registry,
+    default_registry,
+)
+from .transport import AmstReceiver, AmstSender, ReceivedTransfer, SendReport
+
+__all__ = [
+    "LINK_CLASSES",
+    "AmstReceiver",
+    "AmstSender",
+    "Baseline",
+    "BaselineError",
+    "BaselineMismatchError",
+    "BaselineMissingError",
+    "BaselineStore",
+    "ChecksumAlgo",
+    "ConfigError",
+    "CorruptFrameError",
+    "CostModel",
+    "CostParams",
+    "DictionaryError",
+    "DictionaryStore",
+    "DwcpError",
+    "EncodedPayload",
+    "Encoder",
+    "FrameError",
+    "FrameLimitError",
+    "LinkClass",
+    "LinkState",
+    "MeasureReport",
+    "Oracle",
+    "OracleDecision",
+    "PayloadCodec",
+    "ProtocolError",
+    "ReceivedTransfer",
+    "Registry",
+    "SendReport",
+    "Settings",
+    "StrategyError",
+    "StrategyMeasurement",
+    "StrategyRun",
+    "StreamBrokenError",
+    "SystemState",
+    "TransferTimeoutError",
+    "TransportError",
+    "TruncatedFrameError",
+    "UnsupportedFrameError",
+    "__version__",
+    "default_registry",
+    "link_from_class",
+    "measure_payload",
+]

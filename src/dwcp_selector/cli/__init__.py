@@ -1,0 +1,8 @@
+"""The ``dwcp-selector`` command line: a thin layer over the library; every command has ``--json``."""
+
+from __future__ import annotations
+
+from . import codec, demo  # noqa: F401  (the modules register their commands on the group)
+from ._app import cli, main
+
+__all__ = ["cli", "main"]

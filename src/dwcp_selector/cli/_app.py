@@ -1,0 +1,76 @@
+"""The command group, its error handling and the output helpers every command uses.
+
+Every failure the user can cause (a missing file, a corrupt frame, a wrong baseline, a bad option value)
+ends as one ``error: ...`` line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .._version import __version__
+from ..errors import DwcpError
+
+__all__ = ["cli", "emit", "main", "stderr", "stdout"]
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+EXIT_ERROR = 2
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DwcpError as exc:
+            _fail(f"{exc}")
+        except FileNotFoundError as exc:
+            _fail(f"no such file: {exc.filename}")
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename}")
+        except IsADirectoryError as exc:
+            _fail(f"is a directory: {exc.filename}")
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        except KeyboardInterrupt:
+            _fail("interrupted", code=130)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit(as_json: bool, document: dict[str, Any], human: Callable[[], None]) -> None:
+    """Print ``document`` as JSON, or call ``human`` to print the summary a person reads."""
+    if as_json:
+        click.echo(json.dumps(document, indent=2, sort_keys=False))
+    else:
+        human()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dwcp-selector")
+def cli() -> None:
+    """Pick, per transfer, how to encode data before AMST sends it: none, lz4, zstd or HDE delta."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's own usage errors are reported as one ``error:`` line like every other."""
+    try:
+        code = cli.main(args=argv, prog_name="dwcp-selector", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), code=exc.exit_code if exc.exit_code else EXIT_ERROR)
+    except click.exceptions.Abort:
+        _fail("aborted", code=130)
+    sys.exit(code if isinstance(code, int) else 0)

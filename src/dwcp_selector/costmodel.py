@@ -1,0 +1,263 @@
+"""The cost model and the oracle (DESIGN section 2): the one place where the cost of a transfer is defined.
+
+Every label, every regret figure and every cost-in-the-loop decision is computed here, from three kinds of
+input: what the encoder did to the payload (:class:`StrategyMeasurement`: compressed bytes, encode and
+decode CPU seconds), the path (:class:`~dwcp_selector.link.LinkState`) and the nodes
+(:class:`~dwcp_selector.link.SystemState`). The parameters live in :class:`CostParams`, whose
+``fingerprint`` is recorded with every dataset and model.
+
+For payload bytes S and strategy s::
+
+    r = min(8·W/R, 8·MSS·1.22/(R·√p))        per-stream rate (Mathis), r = 8·W/R when p = 0
+    n = clamp(ceil(B / r), 1, 64)             AMST streams, the same for every encoder
+    m = ceil(S / chunk)                       independently coded chunks, k = min(c, m) in parallel
+    E = e_s / k,  X = R + 8·S_s / min(B, n·r),  D = d_s / k
+    T_s = max(E, X, D) + (E + D) / m          pipelined
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ConfigError
+from .link import LinkState, SystemState
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_STRATEGY_ORDER",
+    "CostModel",
+    "CostParams",
+    "Oracle",
+    "OracleDecision",
+    "StrategyMeasurement",
+]
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_MSS = 1448
+DEFAULT_WINDOW_CAP = 4 << 20
+DEFAULT_MAX_STREAMS = 64
+DEFAULT_TIE_TOLERANCE = 0.01
+DEFAULT_STRATEGY_ORDER: tuple[str, ...] = ("none", "lz4", "zstd", "hde")
+MATHIS_C = 1.22
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class CostParams:
+    """Parameters of the cost model; their fingerprint identifies the model in datasets and artifacts."""
+
+    mss_bytes: int = DEFAULT_MSS
+    window_cap_bytes: int = DEFAULT_WINDOW_CAP
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_streams: int = DEFAULT_MAX_STREAMS
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE
+    strategy_order: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
+    version: str = "cost-v1"
+
+    def __post_init__(self) -> None:
+        if self.mss_bytes <= 0 or self.window_cap_bytes <= 0 or self.chunk_size <= 0:
+            raise ConfigError("MSS, window cap and chunk size must be positive")
+        if not 1 <= self.max_streams <= 1024:
+            raise ConfigError(f"max streams must be in 1..1024, got {self.max_streams}")
+        if not 0 <= self.tie_tolerance < 1:
+            raise ConfigError(f"tie tolerance must be in [0, 1), got {self.tie_tolerance}")
+        if len(set(self.strategy_order)) != len(self.strategy_order) or not self.strategy_order:
+            raise ConfigError(f"strategy order must list distinct names, got {self.strategy_order}")
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["strategy_order"] = list(self.strategy_order)
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        """A short stable hash of every parameter: equal fingerprints price transfers identically."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyMeasurement:
+    """What one encoder did to one payload, measured for real on this host."""
+
+    compressed_bytes: int
+    encode_s: float
+    decode_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class OracleDecision:
+    """The oracle's label for one transfer, its cost and the whole cost vector it chose from."""
+
+    label: str
+    cost_s: float
+    costs: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def runner_up_gap(self) -> float:
+        """How far behind the best other strategy is (0.02 = 2 % slower); inf when there is only one."""
+        others = [c for s, c in self.costs.items() if s != self.label]
+        if not others:
+            return math.inf
+        return min(others) / self.cost_s - 1.0 if self.cost_s > 0 else math.inf
+
+
+class CostModel:
+    """Prices a transfer: the pipelined time of encode, AMST send and decode (DESIGN section 2).
+
+    >>> from dwcp_selector.link import LinkState, SystemState
+    >>> cm = CostModel()
+    >>> link = LinkState(capacity_bps=1e9, rtt_s=0.02, loss=0.0)
+    >>> cm.streams(link)
+    1
+    >>> round(cm.transfer_time(1 << 20, StrategyMeasurement(1 << 20, 0.0, 0.0), link, SystemState()), 4)
+    0.0284
+    """
+
+    def __init__(self, params: CostParams | None = None) -> None:
+        self.params = params or CostParams()
+
+    # -- scalar path: used per decision, kept free of numpy so it costs about a microsecond ----------
+    def per_stream_bps(self, link: LinkState) -> float:
+        """Mathis rate of one TCP stream, capped by the per-stream window."""
+        p = self.params
+        window_rate = 8.0 * p.window_cap_bytes / link.rtt_s
+        if link.loss <= 0:
+            return window_rate
+        return min(window_rate, 8.0 * p.mss_bytes * MATHIS_C / (link.rtt_s * math.sqrt(link.loss)))
+
+    def streams(self, link: LinkState) -> int:
+        """AMST stream count: enough streams for their aggregate rate to cover the available bandwidth."""
+        n = math.ceil(link.available_bps / self.per_stream_bps(link))
+        return max(1, min(self.params.max_streams, n))
+
+    def effective_bps(self, link: LinkState) -> float:
+        """Rate the transfer actually gets: min(available bandwidth, streams × per-stream rate)."""
+        r = self.per_stream_bps(link)
+        n = max(1, min(self.params.max_streams, math.ceil(link.available_bps / r)))
+        return min(link.available_bps, n * r)
+
+    def chunks(self, payload_bytes: int) -> int:
+        return max(1, -(-payload_bytes // self.params.chunk_size))
+
+    def transfer_time(
+        self,
+        payload_bytes: int,
+        measurement: StrategyMeasurement,
+        link: LinkState,
+        system: SystemState,
+    ) -> float:
+        """T_s: seconds from the first byte encoded to the last byte decoded."""
+        m = self.chunks(payload_bytes)
+        k = min(system.free_cores, m)
+        enc = measurement.encode_s / k
+        dec = measurement.decode_s / k
+        xmit = link.rtt_s + 8.0 * measurement.compressed_bytes / self.effective_bps(link)
+        return max(enc, xmit, dec) + (enc + dec) / m
+
+    def raw_transfer_time(self, payload_bytes: int, link: LinkState) -> float:
+        """Time to send the payload unencoded: the first estimate of the decision budget (DESIGN 5a)."""
+        return link.rtt_s + 8.0 * payload_bytes / self.effective_bps(link)
+
+    def costs(
+        self,
+        payload_bytes: int,
+        measurements: Mapping[str, StrategyMeasurement],
+        link: LinkState,
+        system: SystemState,
+    ) -> dict[str, float]:
+        """The cost vector: T_s for every measured strategy, in the fixed strategy order."""
+        ordered = self.ordered(measurements)
+        return {s: self.transfer_time(payload_bytes, measurements[s], link, system) for s in ordered}
+
+    def ordered(self, names: Iterable[str]) -> list[str]:
+        """Names in the fixed tie-break order; names outside the configured label set are refused."""
+        names = set(names)
+        unknown = names.difference(self.params.strategy_order)
+        if unknown:
+            raise ConfigError(
+                f"strategies {sorted(unknown)} are not in the cost model's label set "
+                f"{list(self.params.strategy_order)}"
+            )
+        return [s for s in self.params.strategy_order if s in names]
+
+    # -- array path: re-pricing one measured payload under many link/CPU draws -------------------
+    def transfer_time_array(
+        self,
+        payload_bytes: FloatArray,
+        compressed_bytes: FloatArray,
+        encode_s: FloatArray,
+        decode_s: FloatArray,
+        capacity_bps: FloatArray,
+        utilization: FloatArray,
+        rtt_s: FloatArray,
+        loss: FloatArray,
+        free_cores: FloatArray,
+    ) -> FloatArray:
+        """The same formula as :meth:`transfer_time`, element-wise over numpy arrays."""
+        p = self.params
+        window_rate = 8.0 * p.window_cap_bytes / rtt_s
+        with np.errstate(divide="ignore"):
+            mathis = np.where(loss > 0, 8.0 * p.mss_bytes * MATHIS_C / (rtt_s * np.sqrt(loss)), np.inf)
+        r = np.minimum(window_rate, mathis)
+        avail = capacity_bps * (1.0 - utilization)
+        n = np.clip(np.ceil(avail / r), 1, p.max_streams)
+        rate = np.minimum(avail, n * r)
+        m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
+        k = np.minimum(free_cores, m)
+        enc = encode_s / k
+        dec = decode_s / k
+        xmit = rtt_s + 8.0 * compressed_bytes / rate
+        result: FloatArray = np.maximum(np.maximum(enc, xmit), dec) + (enc + dec) / m
+        return result
+
+
+class Oracle:
+    """Labels a transfer with the strategy of least cost; near-ties go to the earliest in the fixed order.
+
+    Strategies whose cost is within ``tie_tolerance`` (1 %) of the best are tied, and the tie goes to the
+    first of none, lz4, zstd, hde: the cheaper, simpler encoder wins when the measurement cannot tell.
+    """
+
+    def __init__(self, cost_model: CostModel | None = None) -> None:
+        self.cost_model = cost_model or CostModel()
+
+    def decide(self, costs: Mapping[str, float]) -> OracleDecision:
+        """The label among the strategies in ``costs`` (those offered for this payload)."""
+        if not costs:
+            raise ConfigError("the oracle needs the cost of at least one offered strategy")
+        ordered = self.cost_model.ordered(costs)
+        best = min(costs[s] for s in ordered)
+        bound = best * (1.0 + self.cost_model.params.tie_tolerance)
+        label = next(s for s in ordered if costs[s] <= bound)
+        return OracleDecision(label=label, cost_s=costs[label], costs={s: costs[s] for s in ordered})
+
+    def label(
+        self,
+        payload_bytes: int,
+        measurements: Mapping[str, StrategyMeasurement],
+        link: LinkState,
+        system: SystemState,
+    ) -> OracleDecision:
+        """Price every measured strategy and decide."""
+        return self.decide(self.cost_model.costs(payload_bytes, measurements, link, system))
+
+    def label_array(self, costs: FloatArray) -> npt.NDArray[np.int64]:
+        """Oracle label indices for a (records × strategies) cost matrix in the fixed order.
+
+        A strategy that was not offered has cost ``inf``; every row must offer at least one.
+        """
+        best = costs.min(axis=1, keepdims=True)
+        if not np.all(np.isfinite(best)):
+            raise ConfigError("every record needs at least one offered strategy with a finite cost")
+        tied = costs <= best * (1.0 + self.cost_model.params.tie_tolerance)
+        labels: npt.NDArray[np.int64] = np.argmax(tied, axis=1).astype(np.int64)
+        return labels

@@ -1,0 +1,199 @@
+"""Run every offered strategy on a payload for real and price the results (DESIGN section 2).
+
+This is where labels come from: each strategy encodes the payload chunk by chunk (as AMST would send it),
+the frames are decoded and compared with the original, and the encode and decode CPU seconds are taken
+from the thread's CPU clock. Payloads under 1 MiB are measured several times and the median kept, so a
+scheduler hiccup does not flip a label. The cost model then prices the measurements on a link and a node.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._types import BytesLike
+from .costmodel import CostModel, Oracle, OracleDecision, StrategyMeasurement
+from .errors import DwcpError
+from .link import LinkState, SystemState
+from .strategies import Baseline, PayloadCodec
+from .strategies.base import as_view
+
+__all__ = [
+    "DEFAULT_SMALL_PAYLOAD",
+    "DEFAULT_SMALL_REPEATS",
+    "MeasureReport",
+    "StrategyRun",
+    "measure_payload",
+    "measure_strategy",
+]
+
+#: Payloads below this size are measured ``DEFAULT_SMALL_REPEATS`` times and the median is kept.
+DEFAULT_SMALL_PAYLOAD = 1 << 20
+DEFAULT_SMALL_REPEATS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyRun:
+    """One strategy measured on one payload."""
+
+    strategy: str
+    compressed_bytes: int
+    encode_s: float
+    decode_s: float
+    roundtrip: bool
+    repeats: int
+    error: str | None = None
+
+    @property
+    def measurement(self) -> StrategyMeasurement:
+        return StrategyMeasurement(self.compressed_bytes, self.encode_s, self.decode_s)
+
+
+def default_repeats(payload_length: int) -> int:
+    return DEFAULT_SMALL_REPEATS if payload_length < DEFAULT_SMALL_PAYLOAD else 1
+
+
+def measure_strategy(
+    codec: PayloadCodec,
+    payload: BytesLike,
+    strategy: str,
+    *,
+    baseline: Baseline | None = None,
+    payload_type: str | None = None,
+    repeats: int | None = None,
+) -> StrategyRun:
+    """Encode and decode ``payload`` with ``strategy``, ``repeats`` times; median CPU seconds of each.
+
+    The decoded chunks are compared with the original one at a time (outside the timed region), so memory
+    stays at the payload, its encoded form and one chunk.
+    """
+    view = as_view(payload)
+    reps = repeats if repeats is not None else default_repeats(len(view))
+    enc_times: list[float] = []
+    dec_times: list[float] = []
+    container = b""
+    try:
+        for _ in range(reps):
+            container = b""  # drop the previous encoding before making the next
+            t0 = time.thread_time()
+            encoded = codec.encode(view, strategy, baseline=baseline, payload_type=payload_type)
+            enc_times.append(time.thread_time() - t0)
+            container = encoded.to_bytes()
+            del encoded
+        for rep in range(reps):
+            elapsed = 0.0
+            pos = 0
+            ok = True
+            chunks = codec.iter_decode(container, baseline=baseline)
+            while True:
+                t0 = time.thread_time()
+                chunk = next(chunks, None)
+                elapsed += time.thread_time() - t0
+                if chunk is None:
+                    break
+                if rep == 0 and chunk != view[pos : pos + len(chunk)]:
+                    ok = False
+                pos += len(chunk)
+            dec_times.append(elapsed)
+            if rep == 0 and (not ok or pos != len(view)):
+                return StrategyRun(
+                    strategy,
+                    len(container),
+                    statistics.median(enc_times),
+                    elapsed,
+                    False,
+                    reps,
+                    "decoded bytes differ from the original",
+                )
+    except DwcpError as exc:
+        return StrategyRun(strategy, len(container), 0.0, 0.0, False, reps, f"{type(exc).__name__}: {exc}")
+    return StrategyRun(
+        strategy, len(container), statistics.median(enc_times), statistics.median(dec_times), True, reps
+    )
+
+
+@dataclass(frozen=True)
+class MeasureReport:
+    """Every offered strategy measured on one payload, priced on one link and node."""
+
+    payload_bytes: int
+    streams: int
+    runs: dict[str, StrategyRun]
+    costs: dict[str, float]
+    decision: OracleDecision
+    link: LinkState
+    system: SystemState
+    cost_params_fingerprint: str
+
+    @property
+    def oracle(self) -> str:
+        return self.decision.label
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``measure --json`` document."""
+        return {
+            "payload_bytes": self.payload_bytes,
+            "streams": self.streams,
+            "strategies": {
+                name: {
+                    "compressed_bytes": run.compressed_bytes,
+                    "encode_s": run.encode_s,
+                    "decode_s": run.decode_s,
+                    "cost_s": self.costs.get(name),
+                    "roundtrip": run.roundtrip,
+                    **({"error": run.error} if run.error else {}),
+                }
+                for name, run in self.runs.items()
+            },
+            "oracle": self.oracle,
+            "link": {
+                "type": self.link.link_type,
+                "capacity_bps": self.link.capacity_bps,
+                "available_bps": self.link.available_bps,
+                "rtt_s": self.link.rtt_s,
+                "loss": self.link.loss,
+                "utilization": self.link.utilization,
+            },
+            "free_cores": self.system.free_cores,
+            "cost_model": self.cost_params_fingerprint,
+        }
+
+
+def measure_payload(
+    payload: BytesLike,
+    link: LinkState,
+    system: SystemState,
+    *,
+    baseline: Baseline | None = None,
+    payload_type: str | None = None,
+    codec: PayloadCodec | None = None,
+    cost_model: CostModel | None = None,
+    strategies: Sequence[str] | None = None,
+    repeats: int | None = None,
+) -> MeasureReport:
+    """Measure every offered strategy (or those named) and label the transfer with the oracle."""
+    codec = codec or PayloadCodec()
+    codec.warm_up()
+    cost_model = cost_model or CostModel()
+    view = as_view(payload)
+    offered = codec.registry.offered(len(view), has_baseline=baseline is not None)
+    names = [s for s in offered if strategies is None or s in strategies]
+    runs = {
+        s: measure_strategy(codec, view, s, baseline=baseline, payload_type=payload_type, repeats=repeats)
+        for s in names
+    }
+    good = {s: r.measurement for s, r in runs.items() if r.roundtrip}
+    costs = cost_model.costs(len(view), good, link, system)
+    decision = Oracle(cost_model).decide(costs)
+    return MeasureReport(
+        payload_bytes=len(view),
+        streams=cost_model.streams(link),
+        runs=runs,
+        costs=costs,
+        decision=decision,
+        link=link,
+        system=system,
+        cost_params_fingerprint=cost_model.params.fingerprint,
+    )

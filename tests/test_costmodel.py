@@ -1,0 +1,156 @@
+"""The cost model and the oracle, against the formulas of DESIGN section 2 worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dwcp_selector.costmodel import CostModel, CostParams, Oracle, StrategyMeasurement
+from dwcp_selector.errors import ConfigError
+from dwcp_selector.link import LINK_CLASSES, LinkState, SystemState, link_from_class
+
+CM = CostModel()
+MiB = 1 << 20
+
+
+def test_per_stream_rate_window_limited_without_loss() -> None:
+    link = LinkState(capacity_bps=10e9, rtt_s=0.01, loss=0.0)
+    assert CM.per_stream_bps(link) == pytest.approx(8 * 4 * MiB / 0.01)
+
+
+def test_per_stream_rate_mathis_with_loss() -> None:
+    link = LinkState(capacity_bps=1e9, rtt_s=0.1, loss=1e-3)
+    mathis = 8 * 1448 * 1.22 / (0.1 * math.sqrt(1e-3))
+    assert CM.per_stream_bps(link) == pytest.approx(mathis)
+    # 1 Gbit/s available over streams of ~4.47 Mbit/s each: 224 wanted, clamped to 64
+    assert CM.streams(link) == 64
+    assert CM.effective_bps(link) == pytest.approx(64 * mathis)
+
+
+def test_streams_cover_available_bandwidth() -> None:
+    link = LinkState(capacity_bps=10e9, rtt_s=0.02, loss=0.0, utilization=0.5)
+    r = 8 * 4 * MiB / 0.02
+    assert CM.streams(link) == math.ceil(5e9 / r) == 3
+    assert CM.effective_bps(link) == pytest.approx(5e9)
+
+
+def test_transfer_time_pipelined_formula() -> None:
+    link = LinkState(capacity_bps=1e9, rtt_s=0.01, loss=0.0)
+    m = StrategyMeasurement(compressed_bytes=2 * MiB, encode_s=0.04, decode_s=0.02)
+    payload = 8 * MiB  # 8 chunks
+    system = SystemState(free_cores=2)
+    e, d = 0.04 / 2, 0.02 / 2
+    x = 0.01 + 8 * 2 * MiB / 1e9
+    assert CM.transfer_time(payload, m, link, system) == pytest.approx(max(e, x, d) + (e + d) / 8)
+
+
+def test_fractional_cores_slow_the_cpu_stages() -> None:
+    link = LinkState(capacity_bps=100e9, rtt_s=0.0001)
+    m = StrategyMeasurement(compressed_bytes=1000, encode_s=0.01, decode_s=0.0)
+    t = CM.transfer_time(4 * MiB, m, link, SystemState(free_cores=0.5))
+    assert t == pytest.approx(0.02 + 0.02 / 4)
+
+
+def test_empty_payload_counts_as_one_chunk() -> None:
+    link = LinkState(capacity_bps=1e9, rtt_s=0.001)
+    t = CM.transfer_time(0, StrategyMeasurement(20, 1e-6, 1e-6), link, SystemState(1))
+    assert t == pytest.approx(0.001 + 160 / 1e9 + 2e-6)
+
+
+def test_oracle_ties_go_to_the_earlier_strategy() -> None:
+    oracle = Oracle()
+    d = oracle.decide({"hde": 1.000, "zstd": 1.009, "lz4": 1.5, "none": 2.0})
+    assert d.label == "zstd"
+    d = oracle.decide({"hde": 1.000, "zstd": 1.011, "none": 1.0099})
+    assert d.label == "none"
+    d = oracle.decide({"hde": 1.0, "zstd": 1.2})
+    assert d.label == "hde" and d.runner_up_gap == pytest.approx(0.2)
+
+
+def test_oracle_refuses_unknown_strategies_and_empty_input() -> None:
+    with pytest.raises(ConfigError):
+        Oracle().decide({"brotli": 1.0})
+    with pytest.raises(ConfigError):
+        Oracle().decide({})
+
+
+def test_label_array_matches_decide() -> None:
+    rng = np.random.default_rng(0)
+    costs = rng.random((500, 4)) + 1
+    costs[::7, 3] = np.inf  # hde not offered
+    labels = Oracle().label_array(costs)
+    names = ["none", "lz4", "zstd", "hde"]
+    for row, lab in zip(costs, labels, strict=True):
+        offered = {n: float(c) for n, c in zip(names, row, strict=True) if np.isfinite(c)}
+        assert names[lab] == Oracle().decide(offered).label
+
+
+@given(
+    payload=st.integers(0, 64 * MiB),
+    ratio=st.floats(0.001, 1.2),
+    enc=st.floats(0, 1),
+    dec=st.floats(0, 1),
+    link=st.sampled_from(list(LINK_CLASSES)),
+    cores=st.floats(0.5, 32),
+    u=st.floats(0, 0.9),
+    loss=st.floats(0, 0.03),
+)
+def test_array_path_equals_scalar_path(
+    payload: int, ratio: float, enc: float, dec: float, link: str, cores: float, u: float, loss: float
+) -> None:
+    ls = link_from_class(link, utilization=u, loss=loss)
+    comp = int(payload * ratio)
+    scalar = CM.transfer_time(payload, StrategyMeasurement(comp, enc, dec), ls, SystemState(cores))
+    f = lambda v: np.array([v], dtype=float)  # noqa: E731
+    arr = CM.transfer_time_array(
+        f(payload),
+        f(comp),
+        f(enc),
+        f(dec),
+        f(ls.capacity_bps),
+        f(ls.utilization),
+        f(ls.rtt_s),
+        f(ls.loss),
+        f(cores),
+    )
+    assert arr[0] == pytest.approx(scalar, rel=1e-12)
+
+
+def test_link_validation() -> None:
+    for bad in (
+        dict(capacity_bps=0, rtt_s=0.01),
+        dict(capacity_bps=1e9, rtt_s=0),
+        dict(capacity_bps=1e9, rtt_s=0.01, loss=1.0),
+        dict(capacity_bps=1e9, rtt_s=0.01, utilization=1.0),
+        dict(capacity_bps=float("nan"), rtt_s=0.01),
+        dict(capacity_bps=1e9, rtt_s=0.01, link_type="moon"),
+    ):
+        with pytest.raises(ConfigError):
+            LinkState(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        SystemState(free_cores=0)
+    with pytest.raises(ConfigError):
+        link_from_class("lan")
+
+
+def test_typical_links_lie_inside_their_class() -> None:
+    for cls in LINK_CLASSES.values():
+        t = cls.typical
+        assert cls.capacity_bps[0] <= t.capacity_bps <= cls.capacity_bps[1]
+        assert cls.rtt_s[0] <= t.rtt_s <= cls.rtt_s[1]
+        assert cls.loss[0] <= t.loss <= cls.loss[1]
+        assert t.link_type == cls.name
+    assert link_from_class("wan", bandwidth_mbps=100).capacity_bps == 100e6
+
+
+def test_params_fingerprint_changes_with_any_parameter() -> None:
+    base = CostParams()
+    assert CostParams().fingerprint == base.fingerprint
+    assert CostParams(mss_bytes=9000).fingerprint != base.fingerprint
+    assert CostParams(tie_tolerance=0.02).fingerprint != base.fingerprint
+    with pytest.raises(ConfigError):
+        CostParams(max_streams=0)

@@ -1,0 +1,234 @@
+"""AMST over loopback: several streams, every strategy, a stream killed mid-transfer, garbage peers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from dwcp_selector.errors import (
+    BaselineMissingError,
+    DwcpError,
+    ProtocolError,
+    StreamBrokenError,
+    TransferTimeoutError,
+    TransportError,
+)
+from dwcp_selector.link import LinkState, link_from_class
+from dwcp_selector.strategies import Baseline, BaselineStore
+from dwcp_selector.transport import AmstReceiver, AmstSender
+from dwcp_selector.workload import dirty_round, logs_json, vm_memory
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def receiver():  # type: ignore[no-untyped-def]
+    with AmstReceiver(("127.0.0.1", 0), baselines=BaselineStore(), timeout_s=10) as rx:
+        yield rx
+
+
+@pytest.mark.parametrize("strategy", ["none", "lz4", "zstd"])
+def test_eight_streams_move_and_verify_a_payload(receiver: AmstReceiver, strategy: str) -> None:
+    rng = np.random.default_rng(1)
+    payload = logs_json(9 * MiB + 123, rng)
+    report = AmstSender(receiver.address).send(payload, strategy, streams=8)
+    got = receiver.wait(report.transfer_id, timeout=30)
+    assert bytes(got.data) == payload
+    assert report.streams == got.streams == 8 and report.chunks == 10
+    assert got.wire_bytes == report.wire_bytes
+    if strategy != "none":
+        assert report.wire_bytes < len(payload) / 2
+
+
+def test_hde_transfer_and_receiver_keeps_the_new_version(receiver: AmstReceiver) -> None:
+    rng = np.random.default_rng(2)
+    v1 = vm_memory(6 * MiB, rng)
+    v2 = dirty_round(v1, rng, dirty_fraction=0.05)
+    v3 = dirty_round(v2, rng, dirty_fraction=0.02)
+    sender = AmstSender(receiver.address)
+    first = sender.send(v1, "zstd", streams=4, resource_id="vm-42")
+    assert bytes(receiver.wait(first.transfer_id, 30).data) == v1
+    # the receiver stored v1 as vm-42's latest version: v2 travels as a delta against it
+    r2 = sender.send(v2, "hde", streams=4, baseline=Baseline("vm-42", v1), resource_id="vm-42")
+    assert bytes(receiver.wait(r2.transfer_id, 30).data) == v2
+    assert r2.wire_bytes < len(v2) / 200
+    r3 = sender.send(v3, "hde", streams=4, baseline=Baseline("vm-42", v2), resource_id="vm-42")
+    assert bytes(receiver.wait(r3.transfer_id, 30).data) == v3
+
+
+def test_receiver_without_the_baseline_refuses_clearly(receiver: AmstReceiver) -> None:
+    tid = uuid.uuid4()
+    with pytest.raises(BaselineMissingError, match="vm-unknown"):
+        AmstSender(receiver.address).send(
+            b"new" * 100000,
+            "hde",
+            streams=2,
+            baseline=Baseline("vm-unknown", b"old" * 100000),
+            transfer_id=tid,
+        )
+
+
+def test_streams_are_sized_from_the_link() -> None:
+    sender = AmstSender(("127.0.0.1", 1))
+    assert sender.streams_for(link_from_class("dc")) == 1
+    lossy = LinkState(capacity_bps=1e9, rtt_s=0.1, loss=1e-3)
+    assert sender.streams_for(lossy) == 64
+
+
+class KillingProxy:
+    """A TCP relay that cuts the ``victim``-th connection after ``after_bytes`` client bytes."""
+
+    def __init__(self, target: tuple[str, int], victim: int, after_bytes: int) -> None:
+        self.target = target
+        self.victim = victim
+        self.after_bytes = after_bytes
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.count = 0
+        self.killed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            index = self.count
+            self.count += 1
+            limit = self.after_bytes if index == self.victim else None
+            threading.Thread(target=self._pipe, args=(client, upstream, limit), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        moved = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if limit is not None and moved + len(data) >= limit:
+                    dst.sendall(data[: limit - moved])
+                    self.killed.set()
+                    break
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_killed_stream_is_a_clear_error_on_both_sides(receiver: AmstReceiver) -> None:
+    payload = os.urandom(48 * MiB)  # ~6 chunks a stream: the cut lands mid-transfer
+    proxy = KillingProxy(receiver.address, victim=3, after_bytes=2 * MiB + 12345)
+    tid = uuid.uuid4()
+    try:
+        with pytest.raises(StreamBrokenError) as sender_err:
+            AmstSender(proxy.address).send(payload, "none", streams=8, transfer_id=tid)
+        assert proxy.killed.is_set()
+        with pytest.raises(StreamBrokenError) as receiver_err:
+            receiver.wait(tid, timeout=10)
+    finally:
+        proxy.close()
+    msg = str(receiver_err.value)
+    assert re.search(r"stream \d of 8 failed", msg) and "chunks not received" in msg
+    assert "stream" in str(sender_err.value)
+    # the receiver is still healthy afterwards
+    ok = AmstSender(receiver.address).send(b"after" * 1000, "lz4", streams=2)
+    assert bytes(receiver.wait(ok.transfer_id, 10).data) == b"after" * 1000
+
+
+def test_garbage_peer_is_dropped_and_counted(receiver: AmstReceiver) -> None:
+    with socket.create_connection(receiver.address) as s:
+        s.sendall(os.urandom(4096))
+        s.settimeout(5)
+        with contextlib.suppress(OSError):
+            while s.recv(4096):
+                pass
+    deadline = time.monotonic() + 5
+    while receiver.rejected_connections == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert receiver.rejected_connections == 1
+    assert "not speaking AMST" in (receiver.last_rejection or "")
+    ok = AmstSender(receiver.address).send(b"x" * 5000, "zstd")
+    assert bytes(receiver.wait(ok.transfer_id, 10).data) == b"x" * 5000
+
+
+def test_garbage_after_a_valid_hello_fails_the_transfer(receiver: AmstReceiver) -> None:
+    from dwcp_selector.transport.protocol import Hello, Manifest, read_result
+
+    tid = uuid.uuid4()
+    manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
+    with socket.create_connection(receiver.address) as s:
+        s.sendall(Hello(tid, 0, 1, manifest).pack() + b"\x99garbage")
+        s.settimeout(5)
+        ok, message = read_result(s)
+    assert not ok and "unknown message type" in message
+    with pytest.raises(ProtocolError):
+        receiver.wait(tid, timeout=5)
+
+
+def test_sender_facing_a_non_amst_server_fails_clearly() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(TransportError):
+            AmstSender(server.getsockname()[:2], timeout_s=5).send(b"y" * 100, "none")
+    finally:
+        server.close()
+
+
+def test_missing_stream_times_out(receiver: AmstReceiver) -> None:
+    from dwcp_selector.transport.protocol import Hello, Manifest
+
+    receiver.timeout_s = 0.5
+    tid = uuid.uuid4()
+    manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
+    with socket.create_connection(receiver.address) as s:
+        s.sendall(Hello(tid, 0, 2, manifest).pack())  # announces 2 streams, opens 1
+        with pytest.raises(TransferTimeoutError, match="never connected"):
+            receiver.wait(tid, timeout=10)
+
+
+def test_nothing_listening_is_a_transport_error() -> None:
+    s = socket.create_server(("127.0.0.1", 0))
+    address = s.getsockname()[:2]
+    s.close()
+    with pytest.raises(TransportError, match="cannot open stream"):
+        AmstSender(address, timeout_s=2).send(b"z", "none")
+
+
+def test_all_errors_are_dwcp_errors() -> None:
+    assert issubclass(StreamBrokenError, DwcpError)
+
+
+@pytest.mark.slow
+def test_one_gibibyte_over_eight_streams() -> None:
+    payload = np.random.default_rng(0).integers(0, 256, size=1 << 30, dtype=np.uint8).tobytes()
+    with AmstReceiver(("127.0.0.1", 0), max_payload=2 << 30) as rx:
+        report = AmstSender(rx.address).send(payload, "none", streams=8)
+        got = rx.wait(report.transfer_id, timeout=120)
+        assert got.data == payload
