@@ -232,3 +232,35 @@ def test_one_gibibyte_over_eight_streams() -> None:
         report = AmstSender(rx.address).send(payload, "none", streams=8)
         got = rx.wait(report.transfer_id, timeout=120)
         assert got.data == payload
+
+
+def test_send_parts_survives_partial_sends() -> None:
+    from dwcp_selector.transport.sender import send_parts
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10)  # a socket with a timeout is non-blocking inside: sendmsg sends what fits
+    parts = [b"head", os.urandom(3 * MiB), b"", os.urandom(12345)]
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < sum(map(len, parts)):
+            got.extend(b.recv(1000))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    send_parts(a, parts)
+    reader.join(10)
+    a.close()
+    b.close()
+    assert bytes(got) == b"".join(parts)
+
+
+def test_uncollected_results_are_bounded() -> None:
+    with AmstReceiver(("127.0.0.1", 0), retain_bytes=3 * MiB) as rx:
+        sender = AmstSender(rx.address)
+        ids = [sender.send(os.urandom(2 * MiB), "none", streams=2).transfer_id for _ in range(3)]
+        assert rx.dropped_results == 2
+        assert len(rx.wait(ids[-1], timeout=5).data) == 2 * MiB
+        with pytest.raises(TransferTimeoutError):
+            rx.wait(ids[0], timeout=0.2)

@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_MAX_PAYLOAD", "AmstReceiver", "ReceivedTransfer"]
 
 DEFAULT_MAX_PAYLOAD = 4 << 30
 DEFAULT_TIMEOUT_S = 30.0
+#: Finished transfers kept for :meth:`AmstReceiver.wait`; the oldest go first past either bound.
 _RETAINED = 32
 
 
@@ -109,7 +110,10 @@ class _Transfer:
             )
 
     def attach(self, index: int, sock: socket.socket) -> None:
+        """Register a stream's socket; the transfer's conclusion closes every registered socket."""
         with self.lock:
+            if self.done.is_set():
+                raise ProtocolError(f"stream {index} arrived after transfer {self.id} concluded")
             if index in self.sockets:
                 raise ProtocolError(f"stream {index} of transfer {self.id} connected twice")
             self.sockets[index] = sock
@@ -186,19 +190,22 @@ class _Transfer:
         if xxhash.xxh3_64_intdigest(self.output) != self.manifest.payload_checksum:
             self.fail(ProtocolError(f"transfer {self.id}: payload checksum mismatch after reassembly"))
             return
-        self.result = ReceivedTransfer(
-            transfer_id=self.id,
-            data=self.output,
-            strategy=self.encoder.name,
-            streams=self.stream_count,
-            wire_bytes=self.wire_bytes,
-            elapsed_s=time.perf_counter() - self.started,
-            resource_id=self.manifest.resource_id,
-        )
+        with self.lock:
+            if self.done.is_set() or self.error is not None:
+                return  # a timeout or a failure concluded the transfer first
+            self.result = ReceivedTransfer(
+                transfer_id=self.id,
+                data=self.output,
+                strategy=self.encoder.name,
+                streams=self.stream_count,
+                wire_bytes=self.wire_bytes,
+                elapsed_s=time.perf_counter() - self.started,
+                resource_id=self.manifest.resource_id,
+            )
+            self.done.set()
         if self.manifest.resource_id and self.rx.baselines is not None:
             self.rx.baselines.put(self.manifest.resource_id, bytes(self.output))
-        self._answer(pack_result(True, ""))
-        self._close()
+        self._conclude(pack_result(True, ""))
 
     def fail(self, exc: DwcpError, stream: int | None = None) -> None:
         with self.lock:
@@ -211,17 +218,20 @@ class _Transfer:
                     f"{len(missing)} of {self.manifest.chunk_count} chunks not received"
                 )
             self.error = exc
-        self._answer(pack_result(False, f"{type(exc).__name__}: {exc}"))
-        self._close()
+            self.done.set()
+        self._conclude(pack_result(False, f"{type(exc).__name__}: {exc}"))
 
-    def _answer(self, message: bytes) -> None:
+    def _conclude(self, message: bytes) -> None:
+        """Record the outcome first (so ``wait`` sees it before the sender does), then answer and close.
+
+        Called once, by whichever of finish or fail set ``done`` under the lock.
+        """
+        self.timer.cancel()
+        self.rx._completed(self)
         sock = self.sockets.get(0)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(message)
-
-    def _close(self) -> None:
-        self.timer.cancel()
         with self.lock:
             socks = list(self.sockets.values())
         for s in socks:
@@ -229,8 +239,6 @@ class _Transfer:
                 s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
-        self.done.set()
-        self.rx._completed(self)
 
 
 class AmstReceiver:
@@ -248,8 +256,12 @@ class AmstReceiver:
         baselines: BaselineStore | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        retain_bytes: int | None = None,
     ) -> None:
         self.registry = registry or default_registry()
+        # Received payloads nobody has collected yet are bounded too: by default one maximal payload.
+        self.retain_bytes = retain_bytes if retain_bytes is not None else max_payload
+        self.dropped_results = 0
         self.baselines = baselines
         self.max_payload = max_payload
         self.timeout_s = timeout_s
@@ -313,6 +325,11 @@ class AmstReceiver:
             return
         try:
             transfer.attach(hello.stream_index, sock)
+        except DwcpError as exc:
+            self._reject(sock, peer, exc)  # not registered: nobody else would close it
+            transfer.fail(exc)
+            return
+        try:
             transfer.serve(hello.stream_index, sock)
         except DwcpError as exc:
             transfer.fail(exc, stream=hello.stream_index)
@@ -342,12 +359,22 @@ class AmstReceiver:
         with self._lock:
             self._active.pop(transfer.id, None)
             self._finished[transfer.id] = transfer
-            while len(self._finished) > _RETAINED:
-                self._finished.popitem(last=False)
+            retained = sum(len(t.output) for t in self._finished.values() if t.result is not None)
+            while len(self._finished) > 1 and (
+                len(self._finished) > _RETAINED or retained > self.retain_bytes
+            ):
+                _, old = self._finished.popitem(last=False)
+                if old.result is not None:
+                    retained -= len(old.output)
+                self.dropped_results += 1
             self._finished_cv.notify_all()
 
     def wait(self, transfer_id: uuid.UUID, timeout: float | None = None) -> ReceivedTransfer:
-        """The received payload of ``transfer_id`` once complete; its error if it failed."""
+        """The received payload of ``transfer_id`` once complete; its error if it failed.
+
+        Results are kept until collected, within ``retain_bytes`` and 32 transfers; a result pushed out
+        by newer ones is counted in ``dropped_results`` and waiting for it times out.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while transfer_id not in self._finished:

@@ -49,6 +49,18 @@ class SendReport:
         return 8.0 * self.payload_bytes / self.elapsed_s if self.elapsed_s > 0 else float("inf")
 
 
+def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+    """Send every byte of ``parts`` without joining them (one sendmsg may send only part: loop)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
 def _error_from_receiver(message: str) -> DwcpError:
     """Rebuild the receiver's typed error from its ``Name: text`` result message."""
     name, _, text = message.partition(": ")
@@ -151,7 +163,7 @@ class AmstSender:
                         frame = encoder.encode(
                             view[start : start + self.chunk_size], baseline=baseline, context=context
                         )
-                        sock.sendmsg([CHUNK_HEADER.pack(MSG_CHUNK, index, len(frame)), frame])
+                        send_parts(sock, [CHUNK_HEADER.pack(MSG_CHUNK, index, len(frame)), frame])
                         wire[i] += CHUNK_HEADER.size + len(frame)
                         sent += 1
                     sock.sendall(END.pack(MSG_END, sent))
