@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
 demo: setup
@@ -32,6 +32,9 @@ test-slow: setup
 bench: setup
 	$(BIN)/python bench/strategies.py
 	$(BIN)/python bench/amst.py
+	$(BIN)/python bench/measure_memory.py
+	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -126,6 +126,53 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def telemetry_section(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Telemetry collector on the transfer path",
+        "",
+        "`python bench/telemetry.py --pg-restart --staging-store sqlite:///data/staging-100k.db` — measured "
+        + _machine(doc["machine"])
+        + ".",
+        "",
+        f"A caller records {doc['rate']:,} records/s for {doc['seconds']:.0f} s, collector off then on, three "
+        "alternating pairs per store (medians; the runs' values in `bench/results/telemetry.json`). Latency is "
+        "the caller's `record()` call; CPU is the whole process's (writer thread included), on − off, per record.",
+        "",
+        "| store | rate/s | record() p50 off | p99 off | p50 on | p99 on | CPU per record | records sent | stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, r in doc["stores"].items():
+        off, on = r["off"]["latency_us"], r["on"]["latency_us"]
+        lines.append(
+            f"| {kind} | {r['on']['achieved_rate']:,.0f} | {off['p50']:.2f} µs | {off['p99']:.2f} µs | "
+            f"{on['p50']:.2f} µs | {on['p99']:.2f} µs | {r['collector_cpu_per_record_us']:.2f} µs | "
+            f"{r['records_sent']:,} | {r['records_in_store']:,} |"
+        )
+    if "staging" in doc:
+        s = doc["staging"]
+        lines += [
+            "",
+            f"Encode CPU of the median staging transfer (median over the 12,500 staging payloads of zstd's "
+            f"encode CPU, zstd being the baseline encoder): {s['median_zstd_encode_s'] * 1e6:.0f} µs. Collector "
+            "CPU per record against it: "
+            + ", ".join(f"{k} {r['cpu_share_of_median_zstd_encode']:.2%}" for k, r in doc["stores"].items())
+            + " (bar < 2 %).",
+        ]
+    for kind, r in doc["stores"].items():
+        if "restart" in r:
+            x = r["restart"]
+            c = x["collector"]
+            lines += [
+                "",
+                f"**{kind} stopped and restarted** a third and two thirds of the way through a further "
+                f"{doc['seconds']:.0f} s run: {x['records_sent']:,} records sent, **{x['records_in_store']:,} in "
+                f"the store**; {c['spilled']:,} went through the spill file and were replayed; dropped "
+                f"{sum(c['dropped'].values())}; caller p99 {x['latency_us']['p99']:.1f} µs.",
+            ]
+    lines.append("")
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -140,6 +187,9 @@ def main() -> None:
         lines += strategies_section(json.loads(strategies.read_text()))
     if amst.exists():
         lines += amst_section(json.loads(amst.read_text()))
+    telemetry = RESULTS / "telemetry.json"
+    if telemetry.exists():
+        lines += telemetry_section(json.loads(telemetry.read_text()))
     memory = RESULTS / "measure_memory.json"
     if memory.exists():
         lines += memory_section(json.loads(memory.read_text()))

@@ -14,7 +14,9 @@ import os
 import sqlite3
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +109,56 @@ def edited(data: bytes, seed: int = 0, edits: int = 20) -> bytes:
         at = int(rng.integers(0, len(out)))
         del out[at : at + int(rng.integers(1, 200))]
     return bytes(out)
+
+
+# -- services ---------------------------------------------------------------------------------------
+def _pg_dsn() -> str:
+    return os.environ.get("DWCP_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _service_missing(name: str, exc: BaseException) -> None:
+    """In CI a service that does not answer fails the test; elsewhere the test is skipped, saying why."""
+    message = f"{name} is not reachable ({exc}); start it or set its URL"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL store URL in a schema of its own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    dsn = _pg_dsn()
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        _service_missing("PostgreSQL", exc)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in dsn else "?"
+    url = f"{dsn}{sep}schema={schema}"
+    yield url
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def full_record(i: int, ts: Any, **changes: Any) -> dict[str, Any]:
+    """A complete, valid telemetry record (the kind staging writes), with ``changes`` applied."""
+    from dwcp_selector.telemetry.schema import COLUMNS, Kind
+
+    sample = {Kind.TEXT: "x", Kind.INT: 7, Kind.REAL: 0.25, Kind.BOOL: True, Kind.TIME: ts}
+    rec: dict[str, Any] = {c.name: sample[c.kind] for c in COLUMNS}
+    rec.update(
+        request_id=f"req-{i:08d}",
+        source="staging",
+        session_id=f"s-{i // 10}",
+        payload_group_id=f"s-{i // 10}/v{i % 10}",
+        f_link_type="wan",
+        oracle_label="zstd",
+        f_entropy=5.5,
+        f_payload_bytes=4096 + i,
+    )
+    rec.update(changes)
+    return rec

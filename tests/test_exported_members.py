@@ -49,6 +49,13 @@ EXPECTED = {
     "default_registry",
     "link_from_class",
     "measure_payload",
+    "PayloadFeatures",
+    "StoreError",
+    "StoreUnavailableError",
+    "TelemetryCollector",
+    "TelemetryStore",
+    "open_store",
+    "payload_features",
 }
 
 

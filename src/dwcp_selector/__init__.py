@@ -5,9 +5,12 @@ The data flow, one subpackage or module a stage, each importing only from stages
     errors, config         one exception tree; settings read from the environment in one place
     link, costmodel        what we know of the path and nodes; the cost of a transfer and its oracle
     strategies             the encoders none, lz4, zstd, hde; frames, baselines, dictionaries, chunking
+    features               decision-time payload features (sampled; shared by collection and selection)
     transport              AMST: chunks over parallel TCP streams
     measure                every strategy run for real on a payload, priced and labelled
-    workload               staging payload families
+    workload               staging sessions, payload families, link and node draws, corpora
+    telemetry              the record, SQLite and PostgreSQL stores, the collector, staging collection
+    dataset                data quality checks and export into splits
     cli                    the ``dwcp-selector`` command
 
 >>> import dwcp_selector as dw
@@ -33,6 +36,8 @@ from .errors import (
     FrameError,
     FrameLimitError,
     ProtocolError,
+    StoreError,
+    StoreUnavailableError,
     StrategyError,
     StreamBrokenError,
     TransferTimeoutError,
@@ -40,6 +45,7 @@ from .errors import (
     TruncatedFrameError,
     UnsupportedFrameError,
 )
+from .features import PayloadFeatures, payload_features
 from .link import LINK_CLASSES, LinkClass, LinkState, SystemState, link_from_class
 from .measure import MeasureReport, StrategyRun, measure_payload
 from .strategies import (
@@ -53,6 +59,7 @@ from .strategies import (
     Registry,
     default_registry,
 )
+from .telemetry import TelemetryCollector, TelemetryStore, open_store
 from .transport import AmstReceiver, AmstSender, ReceivedTransfer, SendReport
 
 __all__ = [
@@ -82,16 +89,21 @@ __all__ = [
     "Oracle",
     "OracleDecision",
     "PayloadCodec",
+    "PayloadFeatures",
     "ProtocolError",
     "ReceivedTransfer",
     "Registry",
     "SendReport",
     "Settings",
+    "StoreError",
+    "StoreUnavailableError",
     "StrategyError",
     "StrategyMeasurement",
     "StrategyRun",
     "StreamBrokenError",
     "SystemState",
+    "TelemetryCollector",
+    "TelemetryStore",
     "TransferTimeoutError",
     "TransportError",
     "TruncatedFrameError",
@@ -100,4 +112,6 @@ __all__ = [
     "default_registry",
     "link_from_class",
     "measure_payload",
+    "open_store",
+    "payload_features",
 ]

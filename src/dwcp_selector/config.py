@@ -11,6 +11,7 @@ behaviour behind its back.
 | ``DWCP_TELEMETRY_ENABLED`` | collector on the transfer path | off |
 | ``DWCP_DICT_DIR`` | directory of trained zstd dictionaries | none |
 | ``DWCP_CHECKSUM`` | frame checksum, ``xxh3`` or ``crc32c`` | ``xxh3`` |
+| ``DWCP_STORE_URL`` | telemetry store of the data commands | ``sqlite:///dwcp-telemetry.db`` |
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_PG_DSN", "DEFAULT_REDIS_URL", "Settings"]
+__all__ = ["DEFAULT_PG_DSN", "DEFAULT_REDIS_URL", "DEFAULT_STORE_URL", "Settings"]
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STORE_URL = "sqlite:///dwcp-telemetry.db"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -48,6 +50,7 @@ class Settings:
     telemetry_enabled: bool = False
     dict_dir: str | None = None
     checksum: str = "xxh3"
+    store_url: str = DEFAULT_STORE_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,4 +64,5 @@ class Settings:
             telemetry_enabled=_flag(env, "DWCP_TELEMETRY_ENABLED", False),
             dict_dir=env.get("DWCP_DICT_DIR") or None,
             checksum=checksum,
+            store_url=env.get("DWCP_STORE_URL") or DEFAULT_STORE_URL,
         )

@@ -17,10 +17,12 @@ answers with, so library, CLI and HTTP share one mapping::
     │   ├── BaselineMissingError            the frame's baseline is not available
     │   └── BaselineMismatchError           a baseline is available but it is not the one encoded against
     ├── DictionaryError               409  a zstd dictionary that is missing or not what it claims
-    └── TransportError                502  AMST transfer failures
-        ├── ProtocolError                   the peer sent something that is not AMST
-        ├── StreamBrokenError               a stream closed or failed before its chunks were delivered
-        └── TransferTimeoutError            the peer stopped answering
+    ├── TransportError                502  AMST transfer failures
+    │   ├── ProtocolError                   the peer sent something that is not AMST
+    │   ├── StreamBrokenError               a stream closed or failed before its chunks were delivered
+    │   └── TransferTimeoutError            the peer stopped answering
+    └── StoreError                    500  a telemetry store refused an operation
+        └── StoreUnavailableError     503  the store's server cannot be reached (collectors spill)
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
     "FrameLimitError",
     "ProtocolError",
     "StrategyError",
+    "StoreError",
+    "StoreUnavailableError",
     "StreamBrokenError",
     "TransferTimeoutError",
     "TransportError",
@@ -121,3 +125,15 @@ class StreamBrokenError(TransportError):
 
 class TransferTimeoutError(TransportError):
     """The peer stopped sending or answering within the configured timeout."""
+
+
+class StoreError(DwcpError):
+    """A telemetry store refused an operation (bad URL, failed migration, failed archive)."""
+
+    http_status = 500
+
+
+class StoreUnavailableError(StoreError):
+    """The store's server cannot be reached; collectors spill and retry."""
+
+    http_status = 503

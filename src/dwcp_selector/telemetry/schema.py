@@ -1,0 +1,216 @@
+"""The ``compression_telemetry`` record: one row per transfer, the same in every store and file.
+
+Columns come in groups, and the groups are the leakage rule made concrete (DESIGN section 4):
+
+* **ids** - request, session/resource, payload group, version, link draw, timestamp, source;
+* **features** (``f_``) - what is known before the transfer starts: payload size and type, sampled
+  entropy, zeros, probe ratios, baseline similarity, the link and node, and moving averages of *earlier*
+  transfers of the same session. Only these may be model inputs;
+* **outcomes** (``o_``) - what each strategy did to the payload: encoded bytes, encode and decode CPU
+  seconds, AMST streams; label inputs, never features;
+* **labels** - the cost of every offered strategy under this record's link and node, the oracle's label,
+  its cost and the runner-up gap;
+* **used** - the strategy actually used and its achieved time (production, shadow and A/B rows);
+* **meta** - cost-model fingerprint, feature and schema versions, library version, quality flags.
+
+``COLUMNS`` is the single definition the SQLite and PostgreSQL DDL, the Parquet schema and the data
+checks are generated from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..costmodel import DEFAULT_STRATEGY_ORDER
+from ..errors import ConfigError
+
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "FEATURE_COLUMNS",
+    "SCHEMA_VERSION",
+    "STRATEGIES",
+    "TABLE",
+    "Column",
+    "Kind",
+    "QualityFlag",
+    "row_tuple",
+    "validate",
+]
+
+TABLE = "compression_telemetry"
+SCHEMA_VERSION = 1
+STRATEGIES: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
+
+
+class Kind(enum.Enum):
+    TEXT = "text"
+    INT = "int"
+    REAL = "real"
+    BOOL = "bool"
+    TIME = "time"
+
+
+class QualityFlag(enum.IntFlag):
+    """Per-record quality flags (``quality_flags`` column)."""
+
+    NONE = 0
+    ROUNDTRIP_FAILED = 1  # a strategy failed its round trip and was left out of the cost vector
+    NEAR_TIE = 2  # the runner-up is within the oracle's 1 % tie band
+    SINGLE_TIMING = 4  # measured once (payload of 1 MiB or more), not a median of repeats
+    COARSE_TIMING = 8  # some encode or decode took under 20 µs: close to the clock's resolution
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: Kind
+    group: str
+    nullable: bool = True
+    doc: str = ""
+
+
+def _c(name: str, kind: Kind, group: str, nullable: bool = True, doc: str = "") -> Column:
+    return Column(name, kind, group, nullable, doc)
+
+
+_IDS = [
+    _c("request_id", Kind.TEXT, "id", False, "unique id of the transfer request"),
+    _c("ts", Kind.TIME, "id", False, "when the transfer started (UTC)"),
+    _c("source", Kind.TEXT, "id", False, "staging, production, shadow or ab"),
+    _c("session_id", Kind.TEXT, "id", False, "the session: a VM, disk, database or stream being shipped"),
+    _c("resource_id", Kind.TEXT, "id", False, "the resource whose versions the session ships"),
+    _c("payload_group_id", Kind.TEXT, "id", False, "the measured payload; re-priced draws share it"),
+    _c("version", Kind.INT, "id", False, "position of this payload in its session (0 = first)"),
+    _c("draw", Kind.INT, "id", False, "index of the link/node draw this record prices"),
+]
+_FEATURES = [
+    _c("f_payload_type", Kind.TEXT, "feature", False, "payload family or declared type"),
+    _c("f_payload_bytes", Kind.INT, "feature", False),
+    _c("f_has_baseline", Kind.BOOL, "feature", False),
+    _c("f_baseline_bytes", Kind.INT, "feature", False, "0 without a baseline"),
+    _c("f_entropy", Kind.REAL, "feature", False, "bits per byte of a 4 KiB spread sample"),
+    _c("f_zero_fraction", Kind.REAL, "feature", False),
+    _c("f_zero_page_fraction", Kind.REAL, "feature", False),
+    _c("f_probe_lz4_ratio", Kind.REAL, "feature", False, "lz4 encoded/original on a 64 KiB sample"),
+    _c("f_probe_zstd_ratio", Kind.REAL, "feature", False, "zstd-1 encoded/original on the same sample"),
+    _c("f_similarity_pages", Kind.REAL, "feature", True, "share of sampled pages identical to the baseline"),
+    _c("f_similarity_inplace", Kind.REAL, "feature", True, "share of sampled pages edited in place"),
+    _c("f_similarity_shifted", Kind.REAL, "feature", True, "share of snippets found near their position"),
+    _c("f_basic_s", Kind.REAL, "feature", False, "seconds the basic features took"),
+    _c("f_probe_s", Kind.REAL, "feature", False, "seconds the probe took"),
+    _c("f_similarity_s", Kind.REAL, "feature", False, "seconds the similarity estimate took"),
+    _c("f_link_type", Kind.TEXT, "feature", False),
+    _c("f_capacity_bps", Kind.REAL, "feature", False),
+    _c("f_utilization", Kind.REAL, "feature", False),
+    _c("f_rtt_s", Kind.REAL, "feature", False),
+    _c("f_jitter_s", Kind.REAL, "feature", False),
+    _c("f_loss", Kind.REAL, "feature", False),
+    _c("f_free_cores", Kind.REAL, "feature", False),
+    _c("f_active_transfers", Kind.INT, "feature", False),
+    _c(
+        "f_prev_zstd_ratio",
+        Kind.REAL,
+        "feature",
+        True,
+        "moving average over earlier transfers of the session",
+    ),
+    _c(
+        "f_prev_lz4_ratio", Kind.REAL, "feature", True, "moving average over earlier transfers of the session"
+    ),
+    _c(
+        "f_prev_hde_ratio", Kind.REAL, "feature", True, "moving average over earlier transfers of the session"
+    ),
+]
+_OUTCOMES = [_c("o_streams", Kind.INT, "outcome", False, "AMST streams for this link")]
+for _s in STRATEGIES:
+    _OUTCOMES += [
+        _c(f"o_{_s}_bytes", Kind.INT, "outcome", True, f"bytes {_s} produced (container included)"),
+        _c(f"o_{_s}_encode_s", Kind.REAL, "outcome", True, f"CPU seconds {_s} took to encode"),
+        _c(f"o_{_s}_decode_s", Kind.REAL, "outcome", True, f"CPU seconds {_s} took to decode"),
+    ]
+_OUTCOMES.append(
+    _c("o_hde_tier", Kind.INT, "outcome", True, "HDE tier planned for the payload (1 pages, 3 shifted)")
+)
+_LABELS = [
+    _c(f"cost_{s}_s", Kind.REAL, "label", True, f"transfer time with {s}; null if not offered")
+    for s in STRATEGIES
+]
+_LABELS += [
+    _c("oracle_label", Kind.TEXT, "label", False),
+    _c("oracle_cost_s", Kind.REAL, "label", False),
+    _c("runner_up_gap", Kind.REAL, "label", True, "how much slower the best other strategy is (0.02 = 2 %)"),
+]
+_USED = [
+    _c("used_strategy", Kind.TEXT, "used", True, "strategy actually used (production, shadow, A/B)"),
+    _c("used_time_s", Kind.REAL, "used", True, "achieved transfer time"),
+    _c("decision_s", Kind.REAL, "used", True, "seconds the decision took"),
+    _c("model_version", Kind.TEXT, "used", True),
+]
+_META = [
+    _c("cost_params", Kind.TEXT, "meta", False, "fingerprint of the cost-model parameters"),
+    _c("feature_version", Kind.TEXT, "meta", False),
+    _c("schema_version", Kind.INT, "meta", False),
+    _c("library_version", Kind.TEXT, "meta", False),
+    _c("measure_repeats", Kind.INT, "meta", False),
+    _c("quality_flags", Kind.INT, "meta", False),
+]
+
+COLUMNS: tuple[Column, ...] = tuple(_IDS + _FEATURES + _OUTCOMES + _LABELS + _USED + _META)
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+FEATURE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.group == "feature")
+_BY_NAME = {c.name: c for c in COLUMNS}
+
+
+def column(name: str) -> Column:
+    return _BY_NAME[name]
+
+
+_all = operator.itemgetter(*COLUMN_NAMES)
+_required = operator.itemgetter(*(i for i, c in enumerate(COLUMNS) if not c.nullable))
+_NAMES = frozenset(COLUMN_NAMES)
+
+
+def row_tuple(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A record as a tuple in column order, for the stores' write path (about 2 µs).
+
+    Unknown fields and a missing or naive timestamp are refused here; a missing required value is left to
+    the store's NOT NULL constraints, which fail the batch, after which :func:`validate` names the bad
+    record. Sparse records (optional columns left out) are completed with ``None``.
+    """
+    if len(record) == len(COLUMN_NAMES):
+        try:
+            row: tuple[Any, ...] = _all(record)
+        except KeyError:
+            validate(record)
+            raise
+    else:
+        if record.keys() - _NAMES:
+            raise ConfigError(f"telemetry record has unknown fields: {sorted(record.keys() - _NAMES)}")
+        row = tuple([record.get(n) for n in COLUMN_NAMES])
+    ts = row[_TS]
+    if not isinstance(ts, dt.datetime) or ts.tzinfo is None:
+        raise ConfigError(f"ts must be a timezone-aware datetime, got {ts!r}")
+    return row
+
+
+def validate(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every check of a record, with a message naming what is wrong; returns its row tuple."""
+    if record.keys() - _NAMES:
+        raise ConfigError(f"telemetry record has unknown fields: {sorted(record.keys() - _NAMES)}")
+    row = tuple([record.get(n) for n in COLUMN_NAMES])
+    if None in _required(row):
+        missing = [c.name for c, v in zip(COLUMNS, row, strict=True) if v is None and not c.nullable]
+        raise ConfigError(f"telemetry record lacks required fields {missing}")
+    ts = row[_TS]
+    if not isinstance(ts, dt.datetime) or ts.tzinfo is None:
+        raise ConfigError(f"ts must be a timezone-aware datetime, got {ts!r}")
+    return row
+
+
+_TS = COLUMN_NAMES.index("ts")

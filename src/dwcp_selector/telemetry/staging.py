@@ -1,0 +1,323 @@
+"""Staging collection: run every strategy for real on planned transfers and store labelled records.
+
+Each payload of the plan (``workload.staging``) is measured once, by a worker process: its decision-time
+features, then every offered strategy encoded and decoded for real (median of 5 under 1 MiB). The
+measurement is then priced under ``draws_per_payload`` link/node draws (re-pricing costs nothing), and
+each draw becomes one record with the whole cost vector and the oracle's label. Records of one payload
+share its ``payload_group_id`` and its session's ``session_id``, so a split can keep them together.
+
+Everything but the timings is a function of the seed: the plan, the bytes, the draws and the record ids
+(``uuid5`` of seed, payload and draw), so collecting twice into one store adds nothing, and a collection
+that stopped half-way resumes: sessions already stored whole are not measured again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..costmodel import CostModel, Oracle
+from ..features import FEATURE_VERSION, payload_features
+from ..link import LinkState, SystemState
+from ..measure import StrategyRun, default_repeats, measure_strategy
+from ..strategies import Baseline, PayloadCodec
+from ..strategies.hde import HdePlan
+from ..workload.corpus import Corpus
+from ..workload.links import draw_link, draw_system
+from ..workload.payloads import default_pools
+from ..workload.staging import PlannedSession, ScenarioMix, Transfer, plan_sessions, session_transfers
+from .schema import SCHEMA_VERSION, STRATEGIES, QualityFlag
+from .store import open_store
+
+__all__ = ["CollectionReport", "collect", "records_for_transfer"]
+
+_NAMESPACE = uuid.UUID("5b0a6f52-6a43-4c55-9d1e-0c3f0d2a7e11")
+_EWMA = 0.5
+
+
+@dataclass
+class CollectionReport:
+    store: str
+    seed: int
+    payloads: int = 0
+    records: int = 0
+    inserted: int = 0
+    sessions: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    mix: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "seed": self.seed,
+            "payloads": self.payloads,
+            "records": self.records,
+            "inserted": self.inserted,
+            "sessions": self.sessions,
+            "resumed": self.resumed,
+            "seconds": round(self.seconds, 2),
+            "records_per_s": round(self.records / self.seconds, 1) if self.seconds else None,
+            "mix": self.mix,
+        }
+
+
+def request_id(seed: int, payload_index: int, draw: int) -> str:
+    """The deterministic id of a staging record."""
+    return str(uuid.uuid5(_NAMESPACE, f"{seed}:{payload_index}:{draw}"))
+
+
+def _ratio(run: StrategyRun | None, size: int) -> float | None:
+    if run is None or not run.roundtrip or size == 0:
+        return None
+    return run.compressed_bytes / size
+
+
+def records_for_transfer(
+    t: Transfer,
+    *,
+    seed: int,
+    payload_index: int,
+    draws: int,
+    mix: ScenarioMix,
+    codec: PayloadCodec,
+    cost_model: CostModel,
+    history: dict[str, float | None],
+    source: str = "staging",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Measure one transfer for real and price it under ``draws`` link/node draws: one record each."""
+    feats = payload_features(t.payload, t.baseline)
+    baseline = Baseline(t.session_id, t.baseline) if t.baseline is not None else None
+    offered = codec.registry.offered(len(t.payload), has_baseline=baseline is not None)
+    repeats = default_repeats(len(t.payload))
+    runs = {s: measure_strategy(codec, t.payload, s, baseline=baseline, repeats=repeats) for s in offered}
+    good = {s: r.measurement for s, r in runs.items() if r.roundtrip}
+    tier = None
+    if baseline is not None:
+        plan = codec.registry.get("hde").plan(t.payload, baseline)
+        tier = plan.tier if isinstance(plan, HdePlan) else None
+    flags = QualityFlag.NONE
+    if len(good) != len(runs):
+        flags |= QualityFlag.ROUNDTRIP_FAILED
+    if repeats == 1:
+        flags |= QualityFlag.SINGLE_TIMING
+    if any(min(r.encode_s, r.decode_s) < 20e-6 for r in runs.values() if r.roundtrip):
+        flags |= QualityFlag.COARSE_TIMING
+    size = len(t.payload)
+    base: dict[str, Any] = {
+        "source": source,
+        "session_id": t.session_id,
+        "resource_id": t.session_id,
+        "payload_group_id": t.payload_group_id,
+        "version": t.version,
+        "f_payload_type": t.payload_type,
+        "f_payload_bytes": size,
+        "f_has_baseline": feats.has_baseline,
+        "f_baseline_bytes": feats.baseline_bytes,
+        "f_entropy": feats.entropy,
+        "f_zero_fraction": feats.zero_fraction,
+        "f_zero_page_fraction": feats.zero_page_fraction,
+        "f_probe_lz4_ratio": feats.probe_lz4_ratio,
+        "f_probe_zstd_ratio": feats.probe_zstd_ratio,
+        "f_similarity_pages": feats.similarity_pages if feats.has_baseline else None,
+        "f_similarity_inplace": feats.similarity_inplace if feats.has_baseline else None,
+        "f_similarity_shifted": feats.similarity_shifted if feats.has_baseline else None,
+        "f_basic_s": feats.basic_s,
+        "f_probe_s": feats.probe_s,
+        "f_similarity_s": feats.similarity_s,
+        "f_prev_zstd_ratio": history.get("zstd"),
+        "f_prev_lz4_ratio": history.get("lz4"),
+        "f_prev_hde_ratio": history.get("hde"),
+        "o_hde_tier": tier,
+        "used_strategy": None,
+        "used_time_s": None,
+        "decision_s": None,
+        "model_version": None,
+        "cost_params": cost_model.params.fingerprint,
+        "feature_version": FEATURE_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "library_version": __version__,
+        "measure_repeats": repeats,
+    }
+    for s in STRATEGIES:
+        run = runs.get(s)
+        ok = run is not None and run.roundtrip
+        base[f"o_{s}_bytes"] = run.compressed_bytes if ok and run else None
+        base[f"o_{s}_encode_s"] = run.encode_s if ok and run else None
+        base[f"o_{s}_decode_s"] = run.decode_s if ok and run else None
+    oracle = Oracle(cost_model)
+    records = []
+    for d in range(draws if limit is None else max(0, min(draws, limit))):
+        rng = np.random.default_rng([seed, 0xD4A3, payload_index, d])
+        link: LinkState = draw_link(rng, mix.links)
+        system: SystemState = draw_system(rng)
+        costs = cost_model.costs(size, good, link, system)
+        decision = oracle.decide(costs)
+        gap = decision.runner_up_gap
+        rec = dict(base)
+        rec.update(
+            {
+                "request_id": request_id(seed, payload_index, d),
+                "ts": t.ts + dt.timedelta(milliseconds=d),
+                "draw": d,
+                "f_link_type": link.link_type,
+                "f_capacity_bps": link.capacity_bps,
+                "f_utilization": link.utilization,
+                "f_rtt_s": link.rtt_s,
+                "f_jitter_s": link.jitter_s,
+                "f_loss": link.loss,
+                "f_free_cores": system.free_cores,
+                "f_active_transfers": system.active_transfers,
+                "o_streams": cost_model.streams(link),
+                "oracle_label": decision.label,
+                "oracle_cost_s": decision.cost_s,
+                "runner_up_gap": gap if np.isfinite(gap) else None,
+                "quality_flags": int(flags | (QualityFlag.NEAR_TIE if gap < 0.01 else 0)),
+            }
+        )
+        for s in STRATEGIES:
+            rec[f"cost_{s}_s"] = costs.get(s)
+        records.append(rec)
+    # moving averages of this session's outcomes, for the transfers that come after
+    for s in ("zstd", "lz4", "hde"):
+        r = _ratio(runs.get(s), size)
+        if r is not None:
+            old = history.get(s)
+            history[s] = r if old is None else _EWMA * r + (1 - _EWMA) * old
+    return records
+
+
+# -- worker processes ---------------------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(seed: int, corpus_dir: str | None) -> None:
+    _worker["pools"] = default_pools(seed)
+    _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
+    codec = PayloadCodec()
+    codec.warm_up()
+    _worker["codec"] = codec
+    _worker["cost_model"] = CostModel()
+
+
+def _measure_session(
+    session: PlannedSession, first_payload: int, seed: int, mix: ScenarioMix, samples: int
+) -> list[dict[str, Any]]:
+    history: dict[str, float | None] = {}
+    out: list[dict[str, Any]] = []
+    for i, t in enumerate(session_transfers(session, seed, _worker["pools"], _worker["corpus"])):
+        out += records_for_transfer(
+            t,
+            seed=seed,
+            payload_index=first_payload + i,
+            draws=mix.draws_per_payload,
+            mix=mix,
+            codec=_worker["codec"],
+            cost_model=_worker["cost_model"],
+            history=history,
+            limit=samples - (first_payload + i) * mix.draws_per_payload,  # the last payload may be cut
+        )
+    return out
+
+
+def collect(
+    store_url: str,
+    samples: int,
+    seed: int,
+    *,
+    corpus: str | Path | None = None,
+    workers: int = 1,
+    mix: ScenarioMix | None = None,
+    start: dt.datetime | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CollectionReport:
+    """Collect ``samples`` labelled records into the store at ``store_url``; see the module docstring.
+
+    ``start`` is the staging clock's first day (default: 14 days before today, at midnight UTC).
+    ``on_progress(records_done, records_total)`` is called as sessions complete.
+    """
+    mix = mix or ScenarioMix()
+    if start is None:
+        today = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=int(mix.span_days))
+        start = dt.datetime(today.year, today.month, today.day, tzinfo=dt.UTC)
+    corpus_dir = str(corpus) if corpus is not None else None
+    if corpus_dir is not None:
+        Corpus(corpus_dir)  # refuse an empty or missing corpus before starting workers
+    payloads = -(-samples // mix.draws_per_payload)
+    sessions = plan_sessions(seed, payloads, mix, start, corpus=corpus_dir is not None)
+    firsts = np.concatenate([[0], np.cumsum([s.versions for s in sessions])[:-1]]).astype(int).tolist()
+    total = payloads * mix.draws_per_payload
+    report = CollectionReport(store=store_url, seed=seed, sessions=len(sessions), mix=mix.to_dict())
+    t0 = time.perf_counter()
+    store = open_store(store_url)
+    try:
+        # Resume: a session whose every record is already stored is not measured again.
+        stored = (
+            set(store.read_table(["request_id"]).column("request_id").to_pylist()) if store.count() else set()
+        )
+        todo = []
+        for session, first in zip(sessions, firsts, strict=True):
+            ids = [
+                request_id(seed, first + v, d)
+                for v in range(session.versions)
+                for d in range(mix.draws_per_payload)
+                if (first + v) * mix.draws_per_payload + d < samples
+            ]
+            if ids and all(i in stored for i in ids):
+                report.records += len(ids)
+                report.payloads += session.versions
+                report.resumed += len(ids)
+            else:
+                todo.append((session, first))
+        if on_progress is not None:
+            on_progress(report.records, min(total, samples))
+        for batch in _run_sessions(
+            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples
+        ):
+            if not batch:
+                continue
+            report.inserted += store.write_batch(batch)
+            report.records += len(batch)
+            report.payloads += len({r["payload_group_id"] for r in batch})
+            if on_progress is not None:
+                on_progress(report.records, min(total, samples))
+    finally:
+        store.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run_sessions(
+    sessions: list[PlannedSession],
+    firsts: list[int],
+    seed: int,
+    mix: ScenarioMix,
+    corpus_dir: str | None,
+    workers: int,
+    samples: int,
+) -> Iterator[list[dict[str, Any]]]:
+    # Largest sessions first, so the pool does not end waiting on one big straggler.
+    order = sorted(range(len(sessions)), key=lambda i: -sessions[i].size * sessions[i].versions)
+    if workers <= 1:
+        _init_worker(seed, corpus_dir)
+        for i in order:
+            yield _measure_session(sessions[i], firsts[i], seed, mix, samples)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir)
+    ) as pool:
+        futures = [pool.submit(_measure_session, sessions[i], firsts[i], seed, mix, samples) for i in order]
+        for fut in cf.as_completed(futures):
+            yield fut.result()

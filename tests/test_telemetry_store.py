@@ -1,0 +1,167 @@
+"""One store test suite, run against SQLite and against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from pathlib import Path
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from dwcp_selector.errors import ConfigError
+from dwcp_selector.telemetry.schema import COLUMN_NAMES, TABLE
+from dwcp_selector.telemetry.store import StoreError, StoreUnavailableError, TelemetryStore, open_store
+
+from .conftest import full_record
+
+NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/telemetry.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def store(store_url: str):  # type: ignore[no-untyped-def]
+    with open_store(store_url) as s:
+        yield s
+
+
+def records(n: int, start: dt.datetime, step: dt.timedelta) -> list[dict[str, object]]:
+    return [full_record(i, start + i * step) for i in range(n)]
+
+
+def test_migrations_are_versioned_and_idempotent(store: TelemetryStore, store_url: str) -> None:
+    assert store.migrate() == 1
+    assert store.migrate() == 1
+    with open_store(store_url) as again:
+        assert again.count() == 0
+
+
+def test_write_count_and_duplicates_ignored(store: TelemetryStore) -> None:
+    batch = records(500, NOW - dt.timedelta(hours=5), dt.timedelta(seconds=30))
+    assert store.write_batch(batch) == 500
+    assert store.write_batch(batch[:100]) == 0  # a replayed batch adds nothing
+    assert store.write_batch(batch[:100] + records(600, NOW, dt.timedelta(seconds=1))[500:]) == 100
+    assert store.count() == 600
+
+
+def test_read_back_every_column_exactly(store: TelemetryStore) -> None:
+    ts = dt.datetime(2026, 11, 20, 8, 30, 15, 123456, tzinfo=dt.UTC)
+    rec = full_record(1, ts, f_has_baseline=False, f_similarity_pages=None, cost_hde_s=None, f_loss=1.5e-7)
+    store.write_batch([rec])
+    table = store.read_table()
+    assert table.num_rows == 1
+    row = table.to_pylist()[0]
+    assert set(row) == set(COLUMN_NAMES)
+    for name in COLUMN_NAMES:
+        assert row[name] == rec[name], name
+    assert store.read_table(["request_id", "ts"]).column_names == ["request_id", "ts"]
+    with pytest.raises(ConfigError):
+        store.read_table(["nope"])
+
+
+def test_bad_records_are_refused(store: TelemetryStore) -> None:
+    missing = full_record(1, NOW)
+    del missing["oracle_label"]
+    with pytest.raises(ConfigError, match="oracle_label"):
+        store.write_batch([missing])
+    with pytest.raises(ConfigError, match="unknown"):
+        store.write_batch([full_record(2, NOW, surprise=1)])
+    with pytest.raises(ConfigError, match="timezone"):
+        store.write_batch([full_record(3, dt.datetime(2026, 1, 1))])
+    assert store.count() == 0
+
+
+def test_days(store: TelemetryStore) -> None:
+    store.write_batch(records(48, NOW - dt.timedelta(days=2), dt.timedelta(hours=1)))
+    days = store.days()
+    assert sum(days.values()) == 48
+    assert set(days) == {(NOW - dt.timedelta(days=d)).date() for d in (2, 1, 0)}
+
+
+def test_retention_archives_then_drops_expired_days(store: TelemetryStore, tmp_path: Path) -> None:
+    old = records(30, NOW - dt.timedelta(days=100), dt.timedelta(hours=4))  # days 100..96 ago
+    recent = [full_record(1000 + i, NOW - dt.timedelta(days=3, minutes=i)) for i in range(20)]
+    store.write_batch(old + recent)
+    report = store.apply_retention(tmp_path / "archive", now=NOW, keep_days=90)
+    assert report.rows == 30
+    assert store.count() == 20
+    archived = []
+    for day, rows, path in report.archived:
+        if rows:
+            table = pq.read_table(path)
+            assert table.num_rows == rows
+            assert all(r["ts"].date() == day for r in table.to_pylist())
+            archived += table.to_pylist()
+    by_id = {r["request_id"]: r for r in old}
+    assert sorted(r["request_id"] for r in archived) == sorted(by_id)
+    for r in archived:
+        assert r == by_id[r["request_id"]]
+    # a second pass finds nothing more to expire
+    assert store.apply_retention(tmp_path / "archive", now=NOW, keep_days=90).rows == 0
+    # the clock moves on: the recent rows expire too
+    later = store.apply_retention(tmp_path / "archive", now=NOW + dt.timedelta(days=100), keep_days=90)
+    assert later.rows == 20 and store.count() == 0
+
+
+def test_retention_keeps_data_when_the_archive_fails(store: TelemetryStore, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        blocker = tmp_path / "archive"
+        blocker.write_text("a file where the archive directory should be")
+    else:  # pragma: no cover - root ignores directory permissions
+        blocker = tmp_path / "ro"
+        blocker.mkdir()
+        blocker.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    store.write_batch(records(10, NOW - dt.timedelta(days=120), dt.timedelta(hours=1)))
+    with pytest.raises((OSError, StoreError)):
+        store.apply_retention(blocker, now=NOW)
+    assert store.count() == 10
+
+
+def test_bad_urls() -> None:
+    with pytest.raises(ConfigError, match="unsupported"):
+        open_store("mysql://x")
+    with pytest.raises(ConfigError, match="sqlite:///"):
+        open_store("sqlite://relative.db")
+
+
+# -- PostgreSQL specifics -----------------------------------------------------------------------------
+def test_postgres_table_is_partitioned_by_day_with_partitions_ahead(pg_url: str) -> None:
+    from dwcp_selector.telemetry.postgres import PostgresStore
+
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        today = dt.datetime.now(dt.UTC).date()
+        ahead = store.partitions()
+        assert {today + dt.timedelta(days=i) for i in range(8)} <= set(ahead)
+        store.write_batch(records(5, NOW - dt.timedelta(days=40), dt.timedelta(days=3)))
+        assert {(NOW - dt.timedelta(days=40 - 3 * i)).date() for i in range(5)} <= set(store.partitions())
+        dsn = pg_url.split("?")[0]
+        with psycopg.connect(dsn) as conn:
+            kind = conn.execute(
+                "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = %s AND n.nspname = %s",
+                (TABLE, store.schema),
+            ).fetchone()
+            assert kind == ("p",)  # a declaratively partitioned table
+            strategy = conn.execute(
+                "SELECT p.partstrat, a.attname FROM pg_partitioned_table p "
+                "JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0] "
+                "WHERE c.relname = %s AND n.nspname = %s",
+                (TABLE, store.schema),
+            ).fetchone()
+            assert strategy == ("r", "ts")
+
+
+def test_postgres_unreachable_is_a_typed_error() -> None:
+    with pytest.raises(StoreUnavailableError, match="not reachable"):
+        open_store("postgresql://postgres@127.0.0.1:1/test")
