@@ -22,6 +22,9 @@ True
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .config import Settings
 from .costmodel import CostModel, CostParams, Oracle, OracleDecision, StrategyMeasurement
@@ -59,8 +62,28 @@ from .strategies import (
     Registry,
     default_registry,
 )
-from .telemetry import TelemetryCollector, TelemetryStore, open_store
 from .transport import AmstReceiver, AmstSender, ReceivedTransfer, SendReport
+
+if TYPE_CHECKING:
+    from .telemetry import TelemetryCollector, TelemetryStore, open_store
+
+# Telemetry pulls in pyarrow and prometheus_client: imported on first use, so that encoding, measuring
+# and the command line stay light (a `measure` process keeps its memory for the payload).
+_LAZY = {
+    "TelemetryCollector": ".telemetry",
+    "TelemetryStore": ".telemetry",
+    "open_store": ".telemetry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "LINK_CLASSES",

@@ -17,7 +17,7 @@ from ._types import BytesLike
 from .costmodel import CostModel, Oracle, OracleDecision, StrategyMeasurement
 from .errors import DwcpError
 from .link import LinkState, SystemState
-from .strategies import Baseline, PayloadCodec
+from .strategies import Baseline, EncodedPayload, PayloadCodec
 from .strategies.base import as_view
 
 __all__ = [
@@ -73,20 +73,22 @@ def measure_strategy(
     reps = repeats if repeats is not None else default_repeats(len(view))
     enc_times: list[float] = []
     dec_times: list[float] = []
-    container = b""
+    encoded: EncodedPayload | None = None
+    size = 0
     try:
         for _ in range(reps):
-            container = b""  # drop the previous encoding before making the next
+            encoded = None  # drop the previous encoding before making the next
             t0 = time.thread_time()
             encoded = codec.encode(view, strategy, baseline=baseline, payload_type=payload_type)
             enc_times.append(time.thread_time() - t0)
-            container = encoded.to_bytes()
-            del encoded
+        assert encoded is not None
+        size = encoded.encoded_bytes
         for rep in range(reps):
             elapsed = 0.0
             pos = 0
             ok = True
-            chunks = codec.iter_decode(container, baseline=baseline)
+            # Decoding the frames where they lie: no joined copy of the encoding is ever made.
+            chunks = codec.iter_decode(encoded, baseline=baseline)
             while True:
                 t0 = time.thread_time()
                 chunk = next(chunks, None)
@@ -100,7 +102,7 @@ def measure_strategy(
             if rep == 0 and (not ok or pos != len(view)):
                 return StrategyRun(
                     strategy,
-                    len(container),
+                    size,
                     statistics.median(enc_times),
                     elapsed,
                     False,
@@ -108,10 +110,8 @@ def measure_strategy(
                     "decoded bytes differ from the original",
                 )
     except DwcpError as exc:
-        return StrategyRun(strategy, len(container), 0.0, 0.0, False, reps, f"{type(exc).__name__}: {exc}")
-    return StrategyRun(
-        strategy, len(container), statistics.median(enc_times), statistics.median(dec_times), True, reps
-    )
+        return StrategyRun(strategy, size, 0.0, 0.0, False, reps, f"{type(exc).__name__}: {exc}")
+    return StrategyRun(strategy, size, statistics.median(enc_times), statistics.median(dec_times), True, reps)
 
 
 @dataclass(frozen=True)

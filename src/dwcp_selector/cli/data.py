@@ -20,14 +20,13 @@ from rich.progress import (
 from rich.table import Table
 
 from ..config import Settings
-from ..dataset.export import export_dataset
-from ..dataset.quality import BARS, HDE_AMST_TARGET, assess
+from ..costmodel import DEFAULT_STRATEGY_ORDER as STRATEGIES
 from ..errors import ConfigError
-from ..telemetry.schema import STRATEGIES
-from ..telemetry.staging import collect
-from ..telemetry.store import DEFAULT_RETENTION_DAYS, open_store
-from ..workload.staging import ScenarioMix
 from ._app import cli, emit, stdout
+
+# The data commands import the telemetry and dataset stages (pyarrow, psycopg) when they run, so the
+# other commands start without them.
+DEFAULT_RETENTION_DAYS = 90
 
 __all__ = ["collect_cmd", "export_cmd", "retention_cmd", "validate_cmd"]
 
@@ -89,6 +88,9 @@ def collect_cmd(
     as_json: bool,
 ) -> None:
     """Run every strategy for real on staging transfers and store one labelled record per draw."""
+    from ..telemetry.staging import collect
+    from ..workload.staging import ScenarioMix
+
     mix = ScenarioMix(draws_per_payload=draws, max_bytes=max_size)
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -128,6 +130,9 @@ def collect_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def validate_cmd(store_url: str, min_rows: int, as_json: bool) -> None:
     """Check the store's data quality; exit code 1 when it is below the bars."""
+    from ..dataset.quality import BARS, HDE_AMST_TARGET, assess
+    from ..telemetry.store import open_store
+
     with open_store(store_url) as store:
         table = store.read_table()
     report = assess(table, min_rows=min_rows)
@@ -175,6 +180,9 @@ def export_cmd(
     store_url: str, out_dir: Path, all_test: bool, holdout_type: tuple[str, ...], no_csv: bool, as_json: bool
 ) -> None:
     """Export the store as Parquet and CSV splits (70/15/15 by session and time) with statistics."""
+    from ..dataset.export import export_dataset
+    from ..telemetry.store import open_store
+
     with open_store(store_url) as store:
         table = store.read_table()
     report = export_dataset(
@@ -205,6 +213,8 @@ def export_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def retention_cmd(store_url: str, archive_dir: Path, keep_days: int, now: str | None, as_json: bool) -> None:
     """Archive days older than --keep-days to Parquet, then drop them from the store."""
+    from ..telemetry.store import open_store
+
     with open_store(store_url) as store:
         report = store.apply_retention(archive_dir, now=_date(now), keep_days=keep_days)
     doc = {

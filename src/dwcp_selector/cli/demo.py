@@ -16,14 +16,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..costmodel import CostModel, Oracle
-from ..dataset.quality import assess
 from ..link import LINK_CLASSES, SystemState
 from ..measure import measure_strategy
 from ..strategies import Baseline, PayloadCodec
-from ..telemetry.staging import collect
-from ..telemetry.store import open_store
 from ..workload import demo_payloads
-from ..workload.staging import ScenarioMix
 from ._app import cli, emit, stdout
 
 __all__ = ["demo_cmd"]
@@ -154,6 +150,11 @@ def demo_cmd(seed: int, free_cores: float, samples: int, out_dir: Path, workers:
 
 def _staging(samples: int, seed: int, workers: int, out_dir: Path, as_json: bool) -> dict[str, Any]:
     """Collect a small staging set into SQLite, validate it, print the summary; return both as JSON."""
+    from ..dataset.quality import assess  # the telemetry and dataset stages load pyarrow: only when used
+    from ..telemetry.staging import collect
+    from ..telemetry.store import open_store
+    from ..workload.staging import ScenarioMix
+
     out_dir.mkdir(parents=True, exist_ok=True)
     db = out_dir / "telemetry.db"
     for leftover in out_dir.glob("telemetry.db*"):

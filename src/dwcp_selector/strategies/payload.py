@@ -39,7 +39,7 @@ from ..errors import (
 from .base import DEFAULT_MAX_OUTPUT, ChunkContext, Registry, as_view
 from .baseline import Baseline, BaselineSource
 from .frame import MAGIC as FRAME_MAGIC
-from .frame import Reader, parse_frame, parse_header, varint
+from .frame import FrameHeader, Reader, parse_frame, parse_header, varint
 
 __all__ = [
     "CONTAINER_MAGIC",
@@ -145,6 +145,17 @@ class EncodedPayload:
         return b"".join((self.header, *self.frames))
 
 
+def _check_chunk(header: ContainerHeader, index: int, fh: FrameHeader) -> None:
+    if fh.strategy_id != header.strategy_id:
+        raise CorruptFrameError(
+            f"chunk {index} has strategy id {fh.strategy_id}, the container says {header.strategy_id}"
+        )
+    if fh.original_length != header.chunk_length(index):
+        raise CorruptFrameError(
+            f"chunk {index} restores {fh.original_length} bytes, expected {header.chunk_length(index)}"
+        )
+
+
 class PayloadCodec:
     """Chunked encoding and decoding of whole payloads with any registered strategy."""
 
@@ -222,16 +233,20 @@ class PayloadCodec:
 
     def iter_decode(
         self,
-        container: BytesLike,
+        container: BytesLike | EncodedPayload,
         *,
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> Iterator[bytes]:
-        """Yield the decoded chunks of a container in order, verifying everything on the way.
+        """Yield the decoded chunks of a container (or of an :class:`EncodedPayload`'s frames) in order,
+        verifying everything on the way.
 
         The whole-payload checksum is checked after the last chunk: a consumer writing chunks out must
         treat the output as invalid if iteration raises.
         """
+        if isinstance(container, EncodedPayload):
+            yield from self._iter_decode_frames(container, baseline, max_output)
+            return
         view = as_view(container)
         if bytes(view[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
             fh, body = parse_frame(view, max_original_length=max_output)
@@ -253,22 +268,41 @@ class PayloadCodec:
                     f"container is truncated inside chunk {index} of {header.chunk_count}: frame needs "
                     f"{fh.frame_length} bytes, {len(view) - pos} left"
                 )
-            if fh.strategy_id != header.strategy_id:
-                raise CorruptFrameError(
-                    f"chunk {index} has strategy id {fh.strategy_id}, the container says {header.strategy_id}"
-                )
-            if fh.original_length != header.chunk_length(index):
-                raise CorruptFrameError(
-                    f"chunk {index} restores {fh.original_length} bytes, "
-                    f"expected {header.chunk_length(index)}"
-                )
-            encoder = self.registry.by_id(fh.strategy_id)
-            chunk = encoder.decode_parsed(fh, view[pos + fh.header_length : end], baseline)
+            _check_chunk(header, index, fh)
+            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
+                fh, view[pos + fh.header_length : end], baseline
+            )
             digest.update(chunk)
             pos = end
             yield chunk
         if pos != len(view):
             raise CorruptFrameError(f"container has {len(view) - pos} bytes after its last chunk")
+        if digest.intdigest() != header.payload_checksum:
+            raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
+
+    def _iter_decode_frames(
+        self, encoded: EncodedPayload, baseline: BaselineSource | None, max_output: int
+    ) -> Iterator[bytes]:
+        """The same checks as a container, on frames held in memory (no joined copy is made)."""
+        if len(encoded.frames) == 1:
+            fh, body = parse_frame(encoded.frames[0], max_original_length=max_output)
+            yield self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
+            return
+        header = ContainerHeader(
+            encoded.strategy_id,
+            encoded.payload_length,
+            encoded.chunk_size,
+            len(encoded.frames),
+            encoded.payload_checksum,
+            0,
+        )
+        digest = xxhash.xxh3_64()
+        for index, frame in enumerate(encoded.frames):
+            fh, body = parse_frame(frame, max_original_length=header.chunk_size)
+            _check_chunk(header, index, fh)
+            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
+            digest.update(chunk)
+            yield chunk
         if digest.intdigest() != header.payload_checksum:
             raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
 
@@ -279,8 +313,7 @@ class PayloadCodec:
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> bytes:
-        data = container.to_bytes() if isinstance(container, EncodedPayload) else container
-        return b"".join(self.iter_decode(data, baseline=baseline, max_output=max_output))
+        return b"".join(self.iter_decode(container, baseline=baseline, max_output=max_output))
 
     def decode_to(
         self,
