@@ -155,11 +155,15 @@ def test_measure_64_mib_stays_below_six_times_the_payload(tmp_path: Path) -> Non
             f.write(rng.integers(0, 256, size=4 << 20, dtype=np.uint8).tobytes())
     size = big.stat().st_size
     assert size == 64 << 20
+    # The command runs as the grandchild of a small interpreter: a child forked straight from this big
+    # pytest process would inherit its peak RSS (Linux keeps the pre-exec high-water mark).
     script = (
-        "import resource, runpy, sys; sys.argv = ['dwcp-selector', 'measure', sys.argv[1], '--json'];\n"
-        "try:\n    runpy.run_module('dwcp_selector', run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "import resource, subprocess, sys\n"
+        "out = subprocess.run([sys.executable, '-m', 'dwcp_selector', 'measure', sys.argv[1], '--json'],"
+        " capture_output=True, text=True)\n"
+        "sys.stdout.write(out.stdout)\n"
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(out.returncode)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(big)], capture_output=True, text=True, timeout=300
