@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dwcp_selector.errors import ConfigError
-from dwcp_selector.telemetry.schema import COLUMN_NAMES, TABLE
+from dwcp_selector.telemetry import postgres as postgres_store
+from dwcp_selector.telemetry import sqlite as sqlite_store
+from dwcp_selector.telemetry.schema import COLUMN_NAMES, COLUMNS, RELAXED_IN_2, SCHEMA_VERSION, TABLE
 from dwcp_selector.telemetry.store import StoreError, StoreUnavailableError, TelemetryStore, open_store
 
 from .conftest import full_record
@@ -39,10 +42,51 @@ def records(n: int, start: dt.datetime, step: dt.timedelta) -> list[dict[str, ob
 
 
 def test_migrations_are_versioned_and_idempotent(store: TelemetryStore, store_url: str) -> None:
-    assert store.migrate() == 1
-    assert store.migrate() == 1
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.migrate() == SCHEMA_VERSION
     with open_store(store_url) as again:
         assert again.count() == 0
+
+
+def test_a_version_1_store_migrates_and_keeps_its_rows(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store created by schema version 1 gains the new columns, loses NOT NULL on the rich features."""
+    module = sqlite_store if store_url.startswith("sqlite") else postgres_store
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
+        with open_store(store_url) as v1:
+            assert v1.migrate() == 1
+            if store_url.startswith("sqlite"):
+                v1_cols = [c.name for c in COLUMNS if c.since == 1]
+                rec = full_record(1, NOW.timestamp())
+                rec["f_has_baseline"] = 1
+                marks = ",".join("?" * len(v1_cols))
+                db = sqlite3.connect(store_url[len("sqlite:///") :])
+                with db:
+                    db.execute(
+                        f"INSERT INTO {TABLE} ({','.join(v1_cols)}) VALUES ({marks})",
+                        [rec[c] for c in v1_cols],
+                    )
+                    with pytest.raises(sqlite3.IntegrityError):
+                        rec2 = dict(rec, request_id="req-2", f_probe_s=None)
+                        db.execute(
+                            f"INSERT INTO {TABLE} ({','.join(v1_cols)}) VALUES ({marks})",
+                            [rec2[c] for c in v1_cols],
+                        )
+                db.close()
+    with open_store(store_url) as v2:
+        assert v2.migrate() == SCHEMA_VERSION
+        before = v2.count()
+        light = full_record(3, NOW, **{name: None for name in RELAXED_IN_2}, p_sample_bytes=65536)
+        assert v2.write_batch([light]) == 1
+        assert v2.count() == before + 1
+        table = v2.read_table(["request_id", "f_probe_s", "p_sample_bytes"]).to_pylist()
+        got = {r["request_id"]: r for r in table}
+        assert got["req-00000003"]["f_probe_s"] is None
+        assert got["req-00000003"]["p_sample_bytes"] == 65536
+        if store_url.startswith("sqlite"):
+            assert before == 1 and got["req-00000001"]["f_probe_s"] == 0.25
 
 
 def test_write_count_and_duplicates_ignored(store: TelemetryStore) -> None:

@@ -21,13 +21,15 @@ answers with, so library, CLI and HTTP share one mapping::
     │   ├── ProtocolError                   the peer sent something that is not AMST
     │   ├── StreamBrokenError               a stream closed or failed before its chunks were delivered
     │   └── TransferTimeoutError            the peer stopped answering
-    └── StoreError                    500  a telemetry store refused an operation
-        └── StoreUnavailableError     503  the store's server cannot be reached (collectors spill)
+    ├── StoreError                    500  a telemetry store refused an operation
+    │   └── StoreUnavailableError     503  the store's server cannot be reached (collectors spill)
+    └── ArtifactError                 409  a model directory that is missing, tampered or mismatched
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
     "BaselineError",
     "BaselineMismatchError",
     "BaselineMissingError",
@@ -137,3 +139,9 @@ class StoreUnavailableError(StoreError):
     """The store's server cannot be reached; collectors spill and retry."""
 
     http_status = 503
+
+
+class ArtifactError(DwcpError):
+    """A model artifact is missing, damaged, tampered with, or made for another cost model or version."""
+
+    http_status = 409

@@ -1,18 +1,20 @@
 """Decision-time payload features (DESIGN section 4): what can be known before a transfer starts.
 
-Only a sample of the payload is ever read, so extraction costs tens of microseconds whatever the size:
+Two tiers, by cost, so that a decision can afford what its transfer can pay for (DESIGN section 5a):
 
-* **basic** (one 4 KiB sample made of four 1 KiB pieces spread over the payload, and 16 sampled pages):
-  byte entropy, zero-byte fraction, zero-page fraction;
-* **probe** (four 16 KiB pieces, 64 KiB in all): compressed/original ratio under lz4 and zstd-1, the
-  "cheap compressibility probe" whose time counts as decision time;
-* **similarity** (only with a baseline): the share of 32 sampled pages identical to, or edited in place
-  from, the baseline page at the same offset (HDE's own tier test), and the share of 16 sampled 32-byte
-  snippets found in the baseline near their proportional position (content that moved).
+* **basic** (about 15 µs whatever the size): a 4 KiB sample made of four 1 KiB pieces spread over the
+  payload gives the byte entropy, the zero-byte share and the printable-text share; with a baseline,
+  8 pages sampled at the same offsets in both versions give the share of identical pages;
+* **rich** (a few hundred µs, for large transfers only): a 64 KiB probe (four 16 KiB pieces) coded with
+  lz4 and zstd-1 gives compressed/original ratios; 16 sampled pages give the zero-page share and, with a
+  baseline, the share of pages edited in place (at most a quarter of their bytes differ); 8 snippets of
+  32 bytes searched near their proportional position in the baseline give the share of content that
+  moved but survived (the shifted similarity).
 
-The same function serves the staging collection (which stores every feature and its cost) and, later,
-the selector at decision time, so training and serving cannot drift apart. Nothing here looks at the
-transfer's outcome: compressed sizes and times are labels, never features.
+Every feature costs what it costs in the calling thread; the times are returned with the values so the
+collection records them and the selector's decision time includes them. One implementation serves the
+staging collection (which computes both tiers) and the selector at decision time. Nothing here looks at
+the transfer's outcome: compressed sizes and times are labels, never features.
 """
 
 from __future__ import annotations
@@ -29,142 +31,177 @@ from .strategies.zstdcodec import zstd_compress
 
 __all__ = [
     "FEATURE_VERSION",
+    "BasicFeatures",
     "PayloadFeatures",
+    "RichFeatures",
+    "basic_features",
     "payload_features",
+    "rich_features",
 ]
 
-FEATURE_VERSION = "features-v1"
-_SAMPLE_PIECE = 1024
-_SAMPLE_PIECES = 4
-_ZERO_PAGES = 16
+FEATURE_VERSION = "features-v2"
+PAGE = 4096
+_PIECE = 1024
+_PIECES = 4
+_SIM_PAGES = 8
+_RICH_PAGES = 16
 _PROBE_PIECE = 16 * 1024
 _PROBE_PIECES = 4
 _SNIPPET = 32
-_SNIPPETS = 16
-_SNIPPET_WINDOW = 64 * 1024
+_SNIPPETS = 8
+_SNIPPET_WINDOW = 32 * 1024
+# c·log2(c) for every count a 4 KiB sample can have: entropy without a log per call
+_CLOG = np.zeros(_PIECE * _PIECES + 1)
+_CLOG[1:] = np.arange(1, _PIECE * _PIECES + 1) * np.log2(np.arange(1, _PIECE * _PIECES + 1))
 
 
 @dataclass(frozen=True, slots=True)
-class PayloadFeatures:
-    """Features of one payload (and its baseline), with the seconds each group cost to compute."""
-
+class BasicFeatures:
     payload_bytes: int
     has_baseline: bool
     baseline_bytes: int
     entropy: float
     zero_fraction: float
-    zero_page_fraction: float
+    text_fraction: float
+    similarity_pages: float | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RichFeatures:
     probe_lz4_ratio: float
     probe_zstd_ratio: float
-    similarity_pages: float
-    similarity_inplace: float
-    similarity_shifted: float
-    basic_s: float
+    zero_page_fraction: float
+    similarity_inplace: float | None
+    similarity_shifted: float | None
     probe_s: float
     similarity_s: float
 
-    def as_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
+
+@dataclass(frozen=True, slots=True)
+class PayloadFeatures:
+    """Both tiers of one payload, as the staging collection records them."""
+
+    basic: BasicFeatures
+    rich: RichFeatures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self.basic), **asdict(self.rich)}
 
 
-def _spread(view: memoryview, piece: int, pieces: int) -> list[memoryview]:
-    """``pieces`` slices of ``piece`` bytes spread evenly over ``view`` (the whole view when small)."""
-    n = len(view)
+def _bytes_of(data: BytesLike) -> bytes:
+    """The payload as ``bytes`` without a copy when it already is one (slices then compare by memcmp)."""
+    if isinstance(data, bytes):
+        return data
+    view = memoryview(data)
+    obj = view.obj
+    if isinstance(obj, bytes) and len(obj) == view.nbytes:
+        return obj
+    return view.tobytes()
+
+
+def _spread(data: bytes, piece: int, pieces: int) -> bytes:
+    """``pieces`` slices of ``piece`` bytes spread evenly over ``data`` (all of it when small)."""
+    n = len(data)
     if n <= piece * pieces:
-        return [view]
+        return data
     step = (n - piece) // (pieces - 1)
-    return [view[i * step : i * step + piece] for i in range(pieces)]
+    return b"".join([data[i * step : i * step + piece] for i in range(pieces)])
 
 
-def _entropy(sample: np.ndarray) -> float:
-    if sample.size == 0:
-        return 0.0
-    counts = np.bincount(sample, minlength=256)
-    nz = counts[counts > 0]
-    p = nz / sample.size
-    return float(-(p * np.log2(p)).sum())
+def _page_offsets(pages: int, count: int) -> list[int]:
+    if pages <= count:
+        return [i * PAGE for i in range(pages)]
+    return [(i * (pages - 1) // (count - 1)) * PAGE for i in range(count)]
 
 
-def payload_features(
-    payload: BytesLike,
-    baseline: BytesLike | None = None,
-    *,
-    probe: bool = True,
-    similarity: bool = True,
-) -> PayloadFeatures:
-    """Sampled features of ``payload`` (and its relation to ``baseline``); see the module docstring."""
-    view = memoryview(payload).cast("B")
-    n = len(view)
+def basic_features(payload: BytesLike, baseline: BytesLike | None = None) -> BasicFeatures:
+    """The cheap tier: sampled entropy, zero and text shares, identical sampled pages."""
     t0 = time.perf_counter()
-    sample = np.frombuffer(b"".join(_spread(view, _SAMPLE_PIECE, _SAMPLE_PIECES)), dtype=np.uint8)
-    entropy = _entropy(sample)
-    zero_fraction = float(np.count_nonzero(sample == 0) / sample.size) if sample.size else 0.0
-    npages = n // 4096
-    if npages:
-        idx = np.linspace(0, npages - 1, num=min(_ZERO_PAGES, npages)).astype(np.int64)
-        pages = np.frombuffer(view, dtype=np.uint8, count=npages * 4096).reshape(npages, 4096)[idx]
-        zero_pages = float(np.mean(~pages.any(axis=1)))
+    data = _bytes_of(payload)
+    n = len(data)
+    sample = _spread(data, _PIECE, _PIECES)
+    if sample:
+        counts = np.bincount(np.frombuffer(sample, dtype=np.uint8), minlength=256)
+        k = len(sample)
+        entropy = float(np.log2(k) - _CLOG[counts].sum() / k) if k <= len(_CLOG) - 1 else 0.0
+        zero = float(counts[0]) / k
+        text = float(counts[32:127].sum() + counts[9] + counts[10] + counts[13]) / k
     else:
-        zero_pages = 1.0 if n and not any(view) else 0.0
-    t1 = time.perf_counter()
-
-    lz4_ratio = zstd_ratio = 1.0
-    if probe and n:
-        probe_sample = b"".join(_spread(view, _PROBE_PIECE, _PROBE_PIECES))
-        lz4_ratio = min(1.0, len(lz4.block.compress(probe_sample, store_size=False)) / len(probe_sample))
-        zstd_ratio = min(1.0, len(zstd_compress(probe_sample, 1)) / len(probe_sample))
-    t2 = time.perf_counter()
-
-    sim_pages = sim_inplace = sim_shifted = 0.0
+        entropy = zero = text = 0.0
+    similarity: float | None = None
     base_len = 0
     if baseline is not None:
-        base = memoryview(baseline).cast("B")
+        base = _bytes_of(baseline)
         base_len = len(base)
-        if similarity and n and base_len:
-            common = min(n, base_len) // 4096
-            if common:
-                k = min(32, common)
-                idx = np.linspace(0, common - 1, num=k).astype(np.int64)
-                new = np.frombuffer(view, dtype=np.uint8, count=common * 4096).reshape(common, 4096)[idx]
-                old = np.frombuffer(base, dtype=np.uint8, count=common * 4096).reshape(common, 4096)[idx]
-                differing = np.count_nonzero(new != old, axis=1)
-                sim_pages = float(np.mean(differing == 0))
-                sim_inplace = float(np.mean(differing <= 1024))
-            sim_shifted = _shifted_similarity(view, base)
-    t3 = time.perf_counter()
-    return PayloadFeatures(
-        payload_bytes=n,
-        has_baseline=baseline is not None,
-        baseline_bytes=base_len,
-        entropy=entropy,
-        zero_fraction=zero_fraction,
-        zero_page_fraction=zero_pages,
-        probe_lz4_ratio=lz4_ratio,
-        probe_zstd_ratio=zstd_ratio,
-        similarity_pages=sim_pages,
-        similarity_inplace=sim_inplace,
-        similarity_shifted=sim_shifted,
-        basic_s=t1 - t0,
-        probe_s=t2 - t1,
-        similarity_s=t3 - t2 if baseline is not None and similarity else 0.0,
+        common = min(n, base_len) // PAGE
+        offsets = _page_offsets(common, _SIM_PAGES)
+        if offsets:
+            same = sum(data[o : o + PAGE] == base[o : o + PAGE] for o in offsets)
+            similarity = same / len(offsets)
+        else:
+            similarity = 1.0 if data == base else 0.0
+    return BasicFeatures(
+        n, baseline is not None, base_len, entropy, zero, text, similarity, time.perf_counter() - t0
     )
 
 
-def _shifted_similarity(view: memoryview, base: memoryview) -> float:
+def rich_features(payload: BytesLike, baseline: BytesLike | None = None) -> RichFeatures:
+    """The costly tier: compressibility probe, zero pages, in-place and shifted similarity."""
+    t0 = time.perf_counter()
+    data = _bytes_of(payload)
+    n = len(data)
+    lz4_ratio = zstd_ratio = 1.0
+    if n:
+        sample = _spread(data, _PROBE_PIECE, _PROBE_PIECES)
+        lz4_ratio = min(1.0, len(lz4.block.compress(sample, store_size=False)) / len(sample))
+        zstd_ratio = min(1.0, len(zstd_compress(sample, 1)) / len(sample))
+    offsets = _page_offsets(n // PAGE, _RICH_PAGES)
+    zero_pages = (
+        sum(not any(data[o : o + PAGE]) for o in offsets) / len(offsets)
+        if offsets
+        else float(n > 0 and not any(data))
+    )
+    t1 = time.perf_counter()
+    inplace = shifted = None
+    if baseline is not None:
+        base = _bytes_of(baseline)
+        common = min(n, len(base)) // PAGE
+        rows = _page_offsets(common, _RICH_PAGES)
+        if rows:
+            new = np.frombuffer(b"".join([data[o : o + PAGE] for o in rows]), dtype=np.uint8).reshape(
+                -1, PAGE
+            )
+            old = np.frombuffer(b"".join([base[o : o + PAGE] for o in rows]), dtype=np.uint8).reshape(
+                -1, PAGE
+            )
+            inplace = float(np.mean(np.count_nonzero(new != old, axis=1) <= PAGE // 4))
+        else:
+            inplace = 1.0 if data == base else 0.0
+        shifted = _shifted_similarity(data, base)
+    t2 = time.perf_counter()
+    return RichFeatures(
+        lz4_ratio, zstd_ratio, zero_pages, inplace, shifted, t1 - t0, t2 - t1 if baseline is not None else 0.0
+    )
+
+
+def payload_features(payload: BytesLike, baseline: BytesLike | None = None) -> PayloadFeatures:
+    """Both tiers (what the staging collection records)."""
+    return PayloadFeatures(basic_features(payload, baseline), rich_features(payload, baseline))
+
+
+def _shifted_similarity(data: bytes, base: bytes) -> float:
     """Share of sampled snippets of the payload found in the baseline near their proportional position."""
-    n, m = len(view), len(base)
+    n, m = len(data), len(base)
     if n < _SNIPPET or m < _SNIPPET:
-        return 1.0 if bytes(view) == bytes(base) else 0.0
-    # search the baseline where it lies (bytes and mmap both have find); copy only an odd buffer
-    owner: Any = base.obj
-    base_bytes: Any = owner if hasattr(owner, "find") and len(owner) == m else bytes(base)
+        return 1.0 if data == base else 0.0
     found = 0
-    positions = np.linspace(0, n - _SNIPPET, num=_SNIPPETS).astype(np.int64)
-    for pos in positions.tolist():
-        snippet = bytes(view[pos : pos + _SNIPPET])
+    count = min(_SNIPPETS, n // _SNIPPET)
+    for i in range(count):
+        pos = i * (n - _SNIPPET) // max(1, count - 1)
         center = pos * m // n
         lo = max(0, center - _SNIPPET_WINDOW)
         hi = min(m, center + _SNIPPET_WINDOW + _SNIPPET)
-        if base_bytes.find(snippet, lo, hi) >= 0:
+        if base.find(data[pos : pos + _SNIPPET], lo, hi) >= 0:
             found += 1
-    return found / len(positions)
+    return found / count

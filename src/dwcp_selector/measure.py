@@ -27,6 +27,8 @@ __all__ = [
     "StrategyRun",
     "measure_payload",
     "measure_strategy",
+    "probe_sample",
+    "sampling_probe",
 ]
 
 #: Payloads below this size are measured ``DEFAULT_SMALL_REPEATS`` times and the median is kept.
@@ -197,3 +199,40 @@ def measure_payload(
         system=system,
         cost_params_fingerprint=cost_model.params.fingerprint,
     )
+
+
+#: The sampling probe's sample: four 16 KiB pieces spread over the payload (DESIGN section 5: "try each
+#: encoder on a 64 KiB sample").
+PROBE_PIECE = 16 * 1024
+PROBE_PIECES = 4
+
+
+def probe_sample(payload: BytesLike, baseline: BytesLike | None) -> tuple[bytes, bytes | None]:
+    """The probe's sample of ``payload`` and the baseline bytes at the same offsets (for HDE)."""
+    view = as_view(payload)
+    n = len(view)
+    if n <= PROBE_PIECE * PROBE_PIECES:
+        offsets = [0]
+        piece = n
+    else:
+        step = (n - PROBE_PIECE) // (PROBE_PIECES - 1)
+        offsets = [i * step for i in range(PROBE_PIECES)]
+        piece = PROBE_PIECE
+    sample = b"".join(bytes(view[o : o + piece]) for o in offsets)
+    base_sample = None
+    if baseline is not None:
+        base = as_view(baseline)
+        base_sample = b"".join(bytes(base[o : o + piece]) for o in offsets)
+    return sample, base_sample
+
+
+def sampling_probe(
+    payload: BytesLike,
+    baseline: BytesLike | None,
+    codec: PayloadCodec,
+) -> tuple[int, dict[str, StrategyRun]]:
+    """Every offered strategy run once on the probe's sample: (sample bytes, runs by strategy)."""
+    sample, base_sample = probe_sample(payload, baseline)
+    base = Baseline("probe", base_sample) if base_sample is not None else None
+    offered = codec.registry.offered(len(sample), has_baseline=base is not None)
+    return len(sample), {s: measure_strategy(codec, sample, s, baseline=base, repeats=1) for s in offered}

@@ -40,6 +40,15 @@ __all__ = ["BARS", "QualityReport", "assess"]
 
 BARS = {"quality_score": 0.95, "missing_share": 0.05, "min_class_share": 0.05, "min_link_share": 0.05}
 HDE_AMST_TARGET = (0.30, 0.70)
+# Features a production decision may skip (the rich tier is only computed for large transfers) and
+# columns newer than some stores: required of staging rows only.
+RICH_OR_NEW = {
+    "f_text_fraction",
+    "f_zero_page_fraction",
+    "f_probe_lz4_ratio",
+    "f_probe_zstd_ratio",
+    "f_probe_s",
+}
 _OUTLIER_Z = 8.0
 
 
@@ -120,8 +129,12 @@ def expected_mask(table: pa.Table) -> dict[str, np.ndarray]:
     for c in COLUMNS:
         if not c.nullable:
             out[c.name] = np.ones(n, dtype=bool)
-        elif c.name.startswith(("f_similarity_", "o_hde_", "cost_hde")):
+        elif c.name == "f_similarity_pages" or c.name.startswith(("o_hde_", "cost_hde")):
             out[c.name] = has_base
+        elif c.name.startswith(("f_similarity_", "p_hde_")):
+            out[c.name] = has_base & ~production  # rich tier and probe baseline: staging measures them
+        elif c.group == "probe" or c.name in RICH_OR_NEW:
+            out[c.name] = ~production
         elif c.name.startswith("f_prev_") or c.name in ("model_version", "decision_s"):
             out[c.name] = np.zeros(n, dtype=bool)
         elif c.name.startswith("used_"):
@@ -166,6 +179,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
     within("f_entropy", 0, 8)
     for name in (
         "f_zero_fraction",
+        "f_text_fraction",
         "f_zero_page_fraction",
         "f_similarity_pages",
         "f_similarity_inplace",
@@ -195,6 +209,9 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
         within(f"o_{s}_encode_s", 0, 60)
         within(f"o_{s}_decode_s", 0, 60)
         within(f"cost_{s}_s", 0, np.inf, lo_open=True, hi_open=True)
+        within(f"p_{s}_bytes", 0, np.inf)
+        within(f"p_{s}_encode_s", 0, 60)
+        within(f"p_{s}_decode_s", 0, 60)
     link_type = _np(table, "f_link_type")
     check("f_link_type known", np.isin(link_type, list(LINK_CLASSES)))
     label = _np(table, "oracle_label")

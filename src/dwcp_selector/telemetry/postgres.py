@@ -26,7 +26,17 @@ import pyarrow as pa
 from psycopg import sql
 
 from ..errors import ConfigError
-from .schema import COLUMN_NAMES, COLUMNS, SCHEMA_VERSION, TABLE, Kind, row_tuple, validate
+from .schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    RELAXED_IN_2,
+    SCHEMA_VERSION,
+    TABLE,
+    Column,
+    Kind,
+    row_tuple,
+    validate,
+)
 from .store import (
     DEFAULT_RETENTION_DAYS,
     RetentionReport,
@@ -60,7 +70,12 @@ PARTITIONS_AHEAD = 7
 
 
 def _ddl() -> str:
-    cols = ",\n  ".join(f"{c.name} {_PG_TYPE[c.kind]}{'' if c.nullable else ' NOT NULL'}" for c in COLUMNS)
+    """The table as schema version 1 declared it; migration 2 adds and relaxes columns."""
+
+    def null(c: Column) -> str:
+        return "" if c.nullable and c.name not in RELAXED_IN_2 else " NOT NULL"
+
+    cols = ",\n  ".join(f"{c.name} {_PG_TYPE[c.kind]}{null(c)}" for c in COLUMNS if c.since == 1)
     return (
         f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols},\n  PRIMARY KEY (request_id, ts)\n) "
         "PARTITION BY RANGE (ts)"
@@ -72,6 +87,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         1,
         "compression_telemetry partitioned by day on ts, session index",
         [_ddl(), f"CREATE INDEX IF NOT EXISTS {TABLE}_session ON {TABLE} (session_id)"],
+    ),
+    (
+        2,
+        "text share feature, sampling-probe baseline columns, nullable rich-tier features",
+        [
+            *(
+                f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {_PG_TYPE[c.kind]}"
+                for c in COLUMNS
+                if c.since == 2
+            ),
+            *(f"ALTER TABLE {TABLE} ALTER COLUMN {name} DROP NOT NULL" for name in RELAXED_IN_2),
+        ],
     ),
 ]
 

@@ -8,6 +8,8 @@ Columns come in groups, and the groups are the leakage rule made concrete (DESIG
   transfers of the same session. Only these may be model inputs;
 * **outcomes** (``o_``) - what each strategy did to the payload: encoded bytes, encode and decode CPU
   seconds, AMST streams; label inputs, never features;
+* **probe** (``p_``) - every strategy run on a 64 KiB sample: what the sampling-probe baseline policy
+  sees, kept to evaluate that policy; never an input of the model;
 * **labels** - the cost of every offered strategy under this record's link and node, the oracle's label,
   its cost and the runner-up gap;
 * **used** - the strategy actually used and its achieved time (production, shadow and A/B rows);
@@ -30,6 +32,7 @@ from ..costmodel import DEFAULT_STRATEGY_ORDER
 from ..errors import ConfigError
 
 __all__ = [
+    "RELAXED_IN_2",
     "COLUMNS",
     "COLUMN_NAMES",
     "FEATURE_COLUMNS",
@@ -44,7 +47,17 @@ __all__ = [
 ]
 
 TABLE = "compression_telemetry"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Columns that schema version 1 declared NOT NULL and version 2 made nullable (the rich-tier features,
+#: which a collector on the decision path computes only for transfers large enough to pay for them).
+RELAXED_IN_2 = (
+    "f_zero_page_fraction",
+    "f_probe_lz4_ratio",
+    "f_probe_zstd_ratio",
+    "f_probe_s",
+    "f_similarity_s",
+)
 STRATEGIES: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
 
 
@@ -73,10 +86,11 @@ class Column:
     group: str
     nullable: bool = True
     doc: str = ""
+    since: int = 1  # the schema version that added the column (migrations add it to older stores)
 
 
-def _c(name: str, kind: Kind, group: str, nullable: bool = True, doc: str = "") -> Column:
-    return Column(name, kind, group, nullable, doc)
+def _c(name: str, kind: Kind, group: str, nullable: bool = True, doc: str = "", since: int = 1) -> Column:
+    return Column(name, kind, group, nullable, doc, since)
 
 
 _IDS = [
@@ -96,15 +110,18 @@ _FEATURES = [
     _c("f_baseline_bytes", Kind.INT, "feature", False, "0 without a baseline"),
     _c("f_entropy", Kind.REAL, "feature", False, "bits per byte of a 4 KiB spread sample"),
     _c("f_zero_fraction", Kind.REAL, "feature", False),
-    _c("f_zero_page_fraction", Kind.REAL, "feature", False),
-    _c("f_probe_lz4_ratio", Kind.REAL, "feature", False, "lz4 encoded/original on a 64 KiB sample"),
-    _c("f_probe_zstd_ratio", Kind.REAL, "feature", False, "zstd-1 encoded/original on the same sample"),
-    _c("f_similarity_pages", Kind.REAL, "feature", True, "share of sampled pages identical to the baseline"),
-    _c("f_similarity_inplace", Kind.REAL, "feature", True, "share of sampled pages edited in place"),
-    _c("f_similarity_shifted", Kind.REAL, "feature", True, "share of snippets found near their position"),
+    _c("f_text_fraction", Kind.REAL, "feature", True, "printable-text share of the sample", since=2),
+    _c("f_zero_page_fraction", Kind.REAL, "feature", True, "rich tier: share of sampled zero pages"),
+    _c("f_probe_lz4_ratio", Kind.REAL, "feature", True, "rich tier: lz4 encoded/original on a 64 KiB sample"),
+    _c("f_probe_zstd_ratio", Kind.REAL, "feature", True, "rich tier: zstd-1 encoded/original on that sample"),
+    _c(
+        "f_similarity_pages", Kind.REAL, "feature", True, "share of 8 sampled pages identical to the baseline"
+    ),
+    _c("f_similarity_inplace", Kind.REAL, "feature", True, "rich tier: share of pages edited in place"),
+    _c("f_similarity_shifted", Kind.REAL, "feature", True, "rich tier: share of snippets found nearby"),
     _c("f_basic_s", Kind.REAL, "feature", False, "seconds the basic features took"),
-    _c("f_probe_s", Kind.REAL, "feature", False, "seconds the probe took"),
-    _c("f_similarity_s", Kind.REAL, "feature", False, "seconds the similarity estimate took"),
+    _c("f_probe_s", Kind.REAL, "feature", True, "seconds the rich tier's probe took"),
+    _c("f_similarity_s", Kind.REAL, "feature", True, "seconds the rich tier's similarity took"),
     _c("f_link_type", Kind.TEXT, "feature", False),
     _c("f_capacity_bps", Kind.REAL, "feature", False),
     _c("f_utilization", Kind.REAL, "feature", False),
@@ -161,7 +178,17 @@ _META = [
     _c("quality_flags", Kind.INT, "meta", False),
 ]
 
-COLUMNS: tuple[Column, ...] = tuple(_IDS + _FEATURES + _OUTCOMES + _LABELS + _USED + _META)
+# The sampling-probe baseline (DESIGN section 5): every strategy run on a 64 KiB sample. What a probe
+# policy would learn at decision time, kept for evaluating that policy; never an input of our model.
+_PROBE = [_c("p_sample_bytes", Kind.INT, "probe", True, "bytes of the probe's sample", since=2)]
+for _s in STRATEGIES:
+    _PROBE += [
+        _c(f"p_{_s}_bytes", Kind.INT, "probe", True, f"{_s} bytes on the sample", since=2),
+        _c(f"p_{_s}_encode_s", Kind.REAL, "probe", True, f"{_s} encode CPU seconds on the sample", since=2),
+        _c(f"p_{_s}_decode_s", Kind.REAL, "probe", True, f"{_s} decode CPU seconds on the sample", since=2),
+    ]
+
+COLUMNS: tuple[Column, ...] = tuple(_IDS + _FEATURES + _OUTCOMES + _PROBE + _LABELS + _USED + _META)
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 FEATURE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.group == "feature")
 _BY_NAME = {c.name: c for c in COLUMNS}

@@ -17,7 +17,17 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .schema import COLUMN_NAMES, COLUMNS, SCHEMA_VERSION, TABLE, Kind, row_tuple, validate
+from .schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    RELAXED_IN_2,
+    SCHEMA_VERSION,
+    TABLE,
+    Column,
+    Kind,
+    row_tuple,
+    validate,
+)
 from .store import (
     DEFAULT_RETENTION_DAYS,
     RetentionReport,
@@ -40,9 +50,26 @@ _SQL_TYPE = {
 }
 
 
-def _ddl() -> str:
-    cols = ",\n  ".join(f"{c.name} {_SQL_TYPE[c.kind]}{'' if c.nullable else ' NOT NULL'}" for c in COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols},\n  PRIMARY KEY (request_id)\n)"
+def _ddl(version: int, table: str = TABLE) -> str:
+    """The table as schema ``version`` declared it (version 1 kept the rich features NOT NULL)."""
+
+    def null(c: Column) -> str:
+        nullable = c.nullable and not (version < 2 and c.name in RELAXED_IN_2)
+        return "" if nullable else " NOT NULL"
+
+    cols = ",\n  ".join(f"{c.name} {_SQL_TYPE[c.kind]}{null(c)}" for c in COLUMNS if c.since <= version)
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (request_id)\n)"
+
+
+def _rebuild_v2() -> list[str]:
+    """SQLite cannot drop NOT NULL in place: copy version 1's rows into the version 2 table."""
+    v1 = ", ".join(c.name for c in COLUMNS if c.since == 1)
+    return [
+        _ddl(2, f"{TABLE}_v2"),
+        f"INSERT INTO {TABLE}_v2 ({v1}) SELECT {v1} FROM {TABLE}",
+        f"DROP TABLE {TABLE}",
+        f"ALTER TABLE {TABLE}_v2 RENAME TO {TABLE}",
+    ]
 
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -51,7 +78,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # No secondary index: each would cost the writer about 5 µs a record, and validation, export
         # and retention scan the table anyway.
         "compression_telemetry table",
-        [_ddl()],
+        [_ddl(1)],
+    ),
+    (
+        2,
+        "text share feature, sampling-probe baseline columns, nullable rich-tier features",
+        _rebuild_v2(),
     ),
 ]
 

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..costmodel import CostModel, Oracle
 from ..features import FEATURE_VERSION, payload_features
 from ..link import LinkState, SystemState
-from ..measure import StrategyRun, default_repeats, measure_strategy
+from ..measure import StrategyRun, default_repeats, measure_strategy, sampling_probe
 from ..strategies import Baseline, PayloadCodec
 from ..strategies.hde import HdePlan
 from ..workload.corpus import Corpus
@@ -98,6 +98,7 @@ def records_for_transfer(
 ) -> list[dict[str, Any]]:
     """Measure one transfer for real and price it under ``draws`` link/node draws: one record each."""
     feats = payload_features(t.payload, t.baseline)
+    basic, rich = feats.basic, feats.rich
     baseline = Baseline(t.session_id, t.baseline) if t.baseline is not None else None
     offered = codec.registry.offered(len(t.payload), has_baseline=baseline is not None)
     repeats = default_repeats(len(t.payload))
@@ -123,19 +124,20 @@ def records_for_transfer(
         "version": t.version,
         "f_payload_type": t.payload_type,
         "f_payload_bytes": size,
-        "f_has_baseline": feats.has_baseline,
-        "f_baseline_bytes": feats.baseline_bytes,
-        "f_entropy": feats.entropy,
-        "f_zero_fraction": feats.zero_fraction,
-        "f_zero_page_fraction": feats.zero_page_fraction,
-        "f_probe_lz4_ratio": feats.probe_lz4_ratio,
-        "f_probe_zstd_ratio": feats.probe_zstd_ratio,
-        "f_similarity_pages": feats.similarity_pages if feats.has_baseline else None,
-        "f_similarity_inplace": feats.similarity_inplace if feats.has_baseline else None,
-        "f_similarity_shifted": feats.similarity_shifted if feats.has_baseline else None,
-        "f_basic_s": feats.basic_s,
-        "f_probe_s": feats.probe_s,
-        "f_similarity_s": feats.similarity_s,
+        "f_has_baseline": basic.has_baseline,
+        "f_baseline_bytes": basic.baseline_bytes,
+        "f_entropy": basic.entropy,
+        "f_zero_fraction": basic.zero_fraction,
+        "f_text_fraction": basic.text_fraction,
+        "f_zero_page_fraction": rich.zero_page_fraction,
+        "f_probe_lz4_ratio": rich.probe_lz4_ratio,
+        "f_probe_zstd_ratio": rich.probe_zstd_ratio,
+        "f_similarity_pages": basic.similarity_pages,
+        "f_similarity_inplace": rich.similarity_inplace,
+        "f_similarity_shifted": rich.similarity_shifted,
+        "f_basic_s": basic.seconds,
+        "f_probe_s": rich.probe_s,
+        "f_similarity_s": rich.similarity_s,
         "f_prev_zstd_ratio": history.get("zstd"),
         "f_prev_lz4_ratio": history.get("lz4"),
         "f_prev_hde_ratio": history.get("hde"),
@@ -150,12 +152,19 @@ def records_for_transfer(
         "library_version": __version__,
         "measure_repeats": repeats,
     }
+    sample_bytes, probes = sampling_probe(t.payload, t.baseline, codec)
+    base["p_sample_bytes"] = sample_bytes
     for s in STRATEGIES:
         run = runs.get(s)
         ok = run is not None and run.roundtrip
         base[f"o_{s}_bytes"] = run.compressed_bytes if ok and run else None
         base[f"o_{s}_encode_s"] = run.encode_s if ok and run else None
         base[f"o_{s}_decode_s"] = run.decode_s if ok and run else None
+        probe = probes.get(s)
+        ok = probe is not None and probe.roundtrip
+        base[f"p_{s}_bytes"] = probe.compressed_bytes if ok and probe else None
+        base[f"p_{s}_encode_s"] = probe.encode_s if ok and probe else None
+        base[f"p_{s}_decode_s"] = probe.decode_s if ok and probe else None
     oracle = Oracle(cost_model)
     records = []
     for d in range(draws if limit is None else max(0, min(draws, limit))):

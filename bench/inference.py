@@ -1,0 +1,229 @@
+"""Decision latency of a trained model, features and inference apart, beside the heuristic and the probe.
+
+Every row times one piece of the single-decision path the selector runs (``modeling.decide``), on the
+payloads the training timed its tiers with (VM memory rounds with their baselines and JSON logs of 64 KiB,
+1 MiB and 8 MiB), one thread, in one run:
+
+* fast path: the raw-transfer-time estimate and ``none`` (no cache), and a decision served from the cache;
+* light and rich tiers: features alone, inference alone (onnxruntime, one row), the whole decision;
+* batched inference: 1024 rows per ``run``, per batch and per row;
+* the rule heuristic (its sampled features included) and the sampling probe (every offered encoder on a
+  64 KiB sample, extrapolated and priced).
+
+p50 and p99 of ``--calls`` calls per row; the whole measurement is repeated ``--repeats`` times and each
+statistic is the median over the repeats.
+
+    python bench/inference.py --model out/model [--calls 5000] [--repeats 3]
+
+Prints a table and writes ``bench/results/inference.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from _common import machine, write
+from dwcp_selector.costmodel import CostModel
+from dwcp_selector.features import basic_features, rich_features
+from dwcp_selector.link import LinkState, SystemState
+from dwcp_selector.modeling.artifact import load_artifact
+from dwcp_selector.modeling.baselines import heuristic_decide, probe_decide
+from dwcp_selector.modeling.decide import Decider
+from dwcp_selector.modeling.featurize import link_vector, payload_vector
+from dwcp_selector.modeling.policy import FAST, LIGHT, RICH
+from dwcp_selector.modeling.runtime import OnnxTier, TieredModel
+from dwcp_selector.modeling.timing import timing_payloads
+from dwcp_selector.serving.selector import Selector
+from dwcp_selector.strategies import PayloadCodec
+
+LINK = LinkState(capacity_bps=10e9, rtt_s=0.002, loss=1e-6, utilization=0.3, link_type="metro")
+SYSTEM = SystemState(free_cores=4)
+
+
+def percentiles(fn: Callable[[int], Any], calls: int) -> tuple[float, float]:
+    """p50 and p99 seconds of ``calls`` calls of ``fn(i)`` (after a tenth as many warm-up calls)."""
+    for i in range(max(calls // 10, 1)):
+        fn(i)
+    samples = np.empty(calls)
+    clock = time.perf_counter
+    for i in range(calls):
+        t0 = clock()
+        fn(i)
+        samples[i] = clock() - t0
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
+
+
+def vector(
+    tier: str, spec: Any, payload: bytes, baseline: bytes | None, ptype: str, cm: CostModel
+) -> list[float]:
+    basic = basic_features(payload, baseline)
+    rich = rich_features(payload, baseline) if tier == RICH else None
+    v = payload_vector(
+        tier,
+        len(payload),
+        ptype,
+        baseline_bytes=basic.baseline_bytes if basic.has_baseline else None,
+        entropy=basic.entropy,
+        zero_fraction=basic.zero_fraction,
+        text_fraction=basic.text_fraction,
+        similarity_pages=basic.similarity_pages,
+        prev={},
+        probe_lz4=rich.probe_lz4_ratio if rich else None,
+        probe_zstd=rich.probe_zstd_ratio if rich else None,
+        zero_pages=rich.zero_page_fraction if rich else None,
+        similarity_inplace=rich.similarity_inplace if rich else None,
+        similarity_shifted=rich.similarity_shifted if rich else None,
+        types=spec.payload_types,
+    )
+    if spec.with_link:
+        v += link_vector(
+            len(payload),
+            LINK.capacity_bps,
+            LINK.utilization,
+            LINK.rtt_s,
+            LINK.jitter_s,
+            LINK.loss,
+            SYSTEM.free_cores,
+            SYSTEM.active_transfers,
+            LINK.link_type,
+            cm,
+            spec.link_types,
+        )
+    return v
+
+
+def time_tier(
+    tier: str,
+    tm: OnnxTier,
+    decider: Decider,
+    payloads: list[tuple[bytes, bytes | None, str]],
+    cm: CostModel,
+    calls: int,
+) -> dict[str, tuple[float, float]]:
+    """Features, inference (single and batched) and the whole decision of one tier."""
+    out: dict[str, tuple[float, float]] = {}
+    k = len(payloads)
+    vecs = [vector(tier, tm.spec, p, b, t, cm) for p, b, t in payloads]
+    if tier == LIGHT:
+        out["light: features"] = percentiles(
+            lambda i: basic_features(payloads[i % k][0], payloads[i % k][1]), calls
+        )
+    else:
+        out["rich: features"] = percentiles(
+            lambda i: (
+                basic_features(payloads[i % k][0], payloads[i % k][1]),
+                rich_features(payloads[i % k][0], payloads[i % k][1]),
+            ),
+            max(calls // 5, 100),
+        )
+    out[f"{tier}: inference"] = percentiles(lambda i: tm.predict_one(vecs[i % k]), calls)
+    out[f"{tier}: whole decision"] = percentiles(
+        lambda i: decider.decide(
+            payloads[i % k][0],
+            LINK,
+            SYSTEM,
+            baseline=payloads[i % k][1],
+            payload_type=payloads[i % k][2],
+            tier=tier,
+        ),
+        calls if tier == LIGHT else max(calls // 5, 100),
+    )
+    batch = np.asarray([vecs[i % k] for i in range(1024)], dtype=np.float32)
+    b50, b99 = percentiles(lambda i: tm.predict(batch), max(calls // 20, 50))
+    out[f"{tier}: inference, batch of 1024"] = (b50, b99)
+    out[f"{tier}: inference, batch of 1024, per row"] = (b50 / 1024, b99 / 1024)
+    return out
+
+
+def one_run(model_dir: Path, calls: int) -> dict[str, tuple[float, float]]:
+    artifact = load_artifact(model_dir)
+    cm = CostModel(artifact.cost_params)
+    model = TieredModel(artifact)
+    decider = Decider(model, cm)
+    selector = Selector(model_dir)
+    codec = PayloadCodec()
+    codec.warm_up()
+    payloads = timing_payloads(0)
+    small = b"x" * 2048
+    k = len(payloads)
+    out: dict[str, tuple[float, float]] = {}
+
+    out["fast path (estimate, none)"] = percentiles(lambda i: selector.select(small, LINK, SYSTEM), calls)
+    # A cached decision answers on the fast path: seed it with a model decision just above the fast-path
+    # boundary, then ask for the same resource and link with a payload just below it.
+    big = payloads[-1][0]
+    edge = next(n for n in (1 << e for e in range(10, 24)) if selector.decider.tier(n, LINK) != FAST)
+    selector.select(big[:edge], LINK, SYSTEM, resource_id="vm-1")
+    below = big[: edge * 3 // 4]
+    assert selector.select(below, LINK, SYSTEM, resource_id="vm-1").cached
+    out["fast path (cached decision)"] = percentiles(
+        lambda i: selector.select(below, LINK, SYSTEM, resource_id="vm-1"), calls
+    )
+    for tier in (LIGHT, RICH):
+        if tier in model.tiers:
+            out.update(time_tier(tier, model[tier], decider, payloads, cm, calls))
+    out["rule heuristic (features + rules)"] = percentiles(
+        lambda i: heuristic_decide(payloads[i % k][0], LINK, payloads[i % k][1]), calls
+    )
+    out["sampling probe (64 KiB, every encoder)"] = percentiles(
+        lambda i: probe_decide(payloads[i % k][0], LINK, SYSTEM, codec, cm, payloads[i % k][1]),
+        max(calls // 25, 60),
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("out/model"))
+    ap.add_argument("--calls", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if not (args.model / "manifest.json").exists():
+        raise SystemExit(f"no model in {args.model}: train one first (dwcp-selector train --data … --out …)")
+    runs = []
+    for _ in range(args.repeats):
+        runs.append(one_run(args.model, args.calls))
+    rows = {
+        name: {
+            "p50_us": statistics.median(r[name][0] for r in runs) * 1e6,
+            "p99_us": statistics.median(r[name][1] for r in runs) * 1e6,
+        }
+        for name in runs[0]
+    }
+    artifact = load_artifact(args.model)
+    doc = {
+        "machine": machine(),
+        "model": {
+            "kind": artifact.kind,
+            "family": artifact.family,
+            "size_bytes": artifact.size_bytes(),
+            "candidate": artifact.extra.get("candidate"),
+        },
+        "calls": args.calls,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    table = Table(
+        title=f"decision latency, {artifact.extra.get('candidate')} ({artifact.size_bytes():,} bytes); "
+        f"median of {args.repeats} runs",
+        title_justify="left",
+    )
+    for col in ("what", "p50 µs", "p99 µs"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    for name, r in rows.items():
+        table.add_row(name, f"{r['p50_us']:,.2f}", f"{r['p99_us']:,.2f}")
+    Console().print(table)
+    print(f"wrote {write('inference', doc)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""``train``, ``evaluate`` and ``select``: the model, from a dataset to a decision."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..link import SystemState, link_from_class
+from ._app import cli, emit, stdout
+from .codec import _FILE, _baseline, _mapped, link_options
+
+__all__ = ["evaluate_cmd", "select_cmd", "train_cmd"]
+
+_KEYS = (
+    "accuracy",
+    "near_optimal_rate",
+    "decisive_accuracy",
+    "macro_f1",
+    "regret_mean",
+    "regret_p95",
+    "gain_vs_heuristic",
+    "gain_vs_static",
+    "gain_vs_probe",
+    "oracle_gap",
+)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+@cli.command("train")
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Optuna trials per candidate."
+)
+@click.option(
+    "--folds", type=click.IntRange(min=0), default=5, show_default=True, help="Grouped CV folds (0: none)."
+)
+@click.option("--candidates", help="Comma-separated subset of cmil-mlp, clf-mlp-ce, clf-mlp-cost, clf-lgbm.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def train_cmd(
+    data_dir: Path, out_dir: Path, trials: int, folds: int, candidates: str | None, seed: int, as_json: bool
+) -> None:
+    """Train every candidate on an exported dataset, keep the best by validation regret, export ONNX."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..training.pipeline import CANDIDATES, TrainConfig, train
+
+    chosen = tuple(c.strip() for c in candidates.split(",")) if candidates else CANDIDATES
+    config = TrainConfig(trials=trials, folds=folds, candidates=chosen, seed=seed)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        disable=as_json or not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task("training", total=1.0)
+        summary = train(
+            data_dir,
+            out_dir,
+            config,
+            progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
+        )
+
+    def human() -> None:
+        t = Table(title="candidates (validation)", title_justify="left")
+        for col in ("candidate", "mean regret", "near-optimal", "accuracy", "light decision", "fit s"):
+            t.add_column(col, justify="left" if col == "candidate" else "right")
+        for c in summary["candidates"]:
+            times = c["decision_times"] or {}
+            t.add_row(
+                f"[bold]{c['name']}[/]" if c["name"] == summary["chosen"] else c["name"],
+                _pct(c["val_regret_mean"]),
+                _pct(c["val_near_optimal_rate"]),
+                _pct(c["val_accuracy"]),
+                f"{times.get('light_s', 0) * 1e6:.1f} µs",
+                str(c["fit_seconds"]),
+            )
+        stdout.print(t)
+        test = summary["metrics"].get("test") or summary["metrics"]["val"]
+        stdout.print(
+            f"chosen [bold]{summary['chosen']}[/] → {summary['model_dir']} "
+            f"({summary['size_bytes']:,} bytes); "
+            f"test near-optimal {_pct(test['near_optimal_rate'])}, mean regret {_pct(test['regret_mean'])}, "
+            f"gain vs heuristic {_pct(test['gain_vs_heuristic'])}; trained in {summary['seconds']:.0f} s"
+        )
+
+    emit(as_json, summary, human)
+
+
+@cli.command("evaluate")
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--split", default="test", show_default=True, help="train, val, test or holdout.")
+@click.option(
+    "--html", "html", type=click.Path(dir_okay=False, path_type=Path), help="Write the HTML report here."
+)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_cmd(model_dir: Path, data_dir: Path, split: str, html: Path | None, as_json: bool) -> None:
+    """Every metric of the model on a dataset split, per link type and payload family."""
+    from ..errors import ConfigError
+    from ..modeling.artifact import load_artifact
+    from ..training.data import load_dataset
+    from ..training.policy_eval import evaluate_artifact
+
+    artifact = load_artifact(model_dir)
+    splits, _, _ = load_dataset(data_dir)
+    if split not in splits:
+        raise ConfigError(f"{data_dir} has no {split!r} split (has {', '.join(splits)})")
+    report = evaluate_artifact(artifact, splits[split], with_arrays=html is not None)
+    if html is not None:
+        from ..training.report import write_report
+
+        write_report(report, html, title=f"dwcp-selector model on {data_dir.name}/{split}")
+    report.pop("_arrays", None)
+
+    def human() -> None:
+        t = Table(title=f"{split}: {report['rows']:,} transfers", title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k in _KEYS:
+            t.add_row(k, _pct(report.get(k)))
+        t.add_row("regret p99", _pct(report.get("regret_p99")))
+        t.add_row("per-transfer gain vs probe", _pct(report.get("per_transfer_gain_vs_probe")))
+        stdout.print(t)
+        t2 = Table(title="by link type", title_justify="left")
+        for col in ("link", "rows", "near-optimal", "mean regret", "p95 regret", "gain vs heuristic"):
+            t2.add_column(col, justify="left" if col == "link" else "right")
+        for link, m in report["by_link"].items():
+            if m.get("rows"):
+                t2.add_row(
+                    link,
+                    f"{m['rows']:,}",
+                    _pct(m["near_optimal_rate"]),
+                    _pct(m["regret_mean"]),
+                    _pct(m["regret_p95"]),
+                    _pct(m.get("gain_vs_heuristic")),
+                )
+        stdout.print(t2)
+        if html is not None:
+            stdout.print(f"report → {html}")
+
+    emit(as_json, json.loads(json.dumps(report, default=float)), human)
+
+
+@cli.command("select")
+@click.argument("file", type=_FILE)
+@click.option("--baseline", type=_FILE, help="Previous version of FILE (offers hde).")
+@link_options
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--payload-type", default="other", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def select_cmd(
+    file: Path,
+    baseline: Path | None,
+    link_type: str,
+    bandwidth_mbps: float | None,
+    rtt_ms: float | None,
+    loss: float | None,
+    utilization: float | None,
+    free_cores: float,
+    model_dir: Path,
+    payload_type: str,
+    as_json: bool,
+) -> None:
+    """The model's choice for sending FILE over a link, its confidence, features and decision time."""
+    from ..serving.selector import Selector
+
+    link = link_from_class(
+        link_type, bandwidth_mbps=bandwidth_mbps, rtt_ms=rtt_ms, loss=loss, utilization=utilization
+    )
+    system = SystemState(free_cores=free_cores)
+    selector = Selector(model_dir)
+    base = _baseline(baseline, None)
+    with _mapped(file) as payload:
+        data = bytes(payload)
+    # the first decision of a process pays one-off costs (lazy imports, first allocations): warm up, then time
+    selector.select(data, link, system, baseline=base.data if base else None, payload_type=payload_type)
+    decision = selector.select(
+        data, link, system, baseline=base.data if base else None, payload_type=payload_type
+    )
+    doc = {"file": str(file), **decision.to_dict(), "model": str(model_dir)}
+
+    def human() -> None:
+        stdout.print(
+            f"{file.name}: [bold]{decision.strategy}[/] (confidence {decision.confidence:.0%}, "
+            f"{decision.tier} tier, "
+            f"decided in {decision.latency_s * 1e6:.1f} µs)"
+        )
+        if decision.predicted_costs:
+            stdout.print(
+                "  predicted transfer times: "
+                + ", ".join(f"{s} {c * 1e3:.3f} ms" for s, c in decision.predicted_costs.items())
+            )
+        if decision.probabilities:
+            stdout.print(
+                "  probabilities: " + ", ".join(f"{s} {p:.1%}" for s, p in decision.probabilities.items())
+            )
+
+    emit(as_json, doc, human)

@@ -1,0 +1,173 @@
+"""The model directory: ONNX files plus a manifest, verified on load.
+
+    MODEL_DIR/
+      manifest.json   schema, library and onnxruntime versions, model kind (cost model in the loop or
+                      classifier) and family, per tier: the ONNX file, its sha256, the feature spec and
+                      outputs; label set; cost-model parameters and fingerprint; training-data
+                      fingerprint; decision times and policy; metrics
+      light.onnx      the light tier's model (basic features)
+      rich.onnx       the rich tier's model (probe and similarity features)
+      MODEL_CARD.md   architecture, data, metrics, limitations
+
+Loading refuses (:class:`~dwcp_selector.errors.ArtifactError`) a directory without a manifest, a manifest
+of another schema, an ONNX file whose sha256 is not the manifest's (tampered or swapped), a label set or
+cost model other than this build's, and a model made by another major version of the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..costmodel import CostModel, CostParams
+from ..errors import ArtifactError
+from .featurize import FeatureSpec
+from .policy import STRATEGIES, DecisionTimes, PolicyParams
+
+__all__ = ["MANIFEST", "MODEL_SCHEMA", "ModelArtifact", "TierModel", "load_artifact", "save_artifact"]
+
+MODEL_SCHEMA = "dwcp-model/1"
+MANIFEST = "manifest.json"
+CMIL = "cmil"
+CLASSIFIER = "classifier"
+
+
+@dataclass
+class TierModel:
+    tier: str
+    onnx: bytes
+    spec: FeatureSpec
+    outputs: list[str]
+
+
+@dataclass
+class ModelArtifact:
+    kind: str  # "cmil" or "classifier"
+    family: str  # "mlp" or "lgbm"
+    tiers: dict[str, TierModel]
+    times: DecisionTimes
+    policy: PolicyParams
+    temperature: float = 1.0
+    cost_params: CostParams = field(default_factory=CostParams)
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def label_set(self) -> list[str]:
+        return list(STRATEGIES)
+
+    def size_bytes(self) -> int:
+        return sum(len(t.onnx) for t in self.tiers.values())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_artifact(artifact: ModelArtifact, out_dir: str | Path) -> Path:
+    """Write the ONNX files and the manifest (the manifest last: a directory with one is complete)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    tiers = {}
+    for name, tm in artifact.tiers.items():
+        file = f"{name}.onnx"
+        (out / file).write_bytes(tm.onnx)
+        tiers[name] = {
+            "file": file,
+            "sha256": _sha256(tm.onnx),
+            "spec": tm.spec.to_dict(),
+            "outputs": tm.outputs,
+        }
+    import onnxruntime
+
+    manifest = {
+        "schema": MODEL_SCHEMA,
+        "library_version": __version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "kind": artifact.kind,
+        "family": artifact.family,
+        "label_set": artifact.label_set,
+        "cost_params": artifact.cost_params.to_dict(),
+        "cost_params_fingerprint": artifact.cost_params.fingerprint,
+        "data_fingerprint": artifact.data_fingerprint,
+        "tiers": tiers,
+        "times": artifact.times.to_dict(),
+        "policy": artifact.policy.to_dict(),
+        "temperature": artifact.temperature,
+        "metrics": artifact.metrics,
+        "extra": artifact.extra,
+    }
+    body = json.dumps(manifest, indent=2, sort_keys=True)
+    manifest["checksum"] = _sha256(body.encode())
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    artifact.path = out
+    return out
+
+
+def _major(version: object) -> str:
+    return str(version).split(".")[0]
+
+
+def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None) -> ModelArtifact:
+    """Read and verify a model directory; every mismatch is an :class:`ArtifactError` saying which."""
+    path = Path(model_dir)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is not a model directory: no {MANIFEST}") from exc
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {path / MANIFEST}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema") != MODEL_SCHEMA:
+        raise ArtifactError(f"{path / MANIFEST} is not a {MODEL_SCHEMA} manifest")
+    stated = manifest.pop("checksum", None)
+    if stated != _sha256(json.dumps(manifest, indent=2, sort_keys=True).encode()):
+        raise ArtifactError(f"{path / MANIFEST} was modified after the model was written (checksum mismatch)")
+    if _major(manifest.get("library_version")) != _major(__version__):
+        raise ArtifactError(
+            f"model made by dwcp-selector {manifest.get('library_version')}; this is {__version__} "
+            "(a different major version): retrain or use the matching version"
+        )
+    if manifest.get("label_set") != list(STRATEGIES):
+        raise ArtifactError(f"model's label set {manifest.get('label_set')} is not {list(STRATEGIES)}")
+    cm = cost_model or CostModel()
+    if manifest.get("cost_params_fingerprint") != cm.params.fingerprint:
+        raise ArtifactError(
+            f"model was trained for cost model {manifest.get('cost_params_fingerprint')}, this build prices "
+            f"with {cm.params.fingerprint}: its labels and costs would not match"
+        )
+    tiers = {}
+    for name, t in manifest.get("tiers", {}).items():
+        file = path / str(t["file"])
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"model file {file.name} is missing: {exc}") from exc
+        if _sha256(data) != t.get("sha256"):
+            raise ArtifactError(
+                f"model file {file.name} does not match its manifest's sha256 (tampered or swapped)"
+            )
+        tiers[name] = TierModel(name, data, FeatureSpec.from_dict(t["spec"]), list(t["outputs"]))
+    if not tiers:
+        raise ArtifactError(f"{path / MANIFEST} lists no model")
+    return ModelArtifact(
+        kind=str(manifest["kind"]),
+        family=str(manifest["family"]),
+        tiers=tiers,
+        times=DecisionTimes(**manifest["times"]),
+        policy=PolicyParams(**manifest["policy"]),
+        temperature=float(manifest.get("temperature", 1.0)),
+        cost_params=CostParams(
+            **{**manifest["cost_params"], "strategy_order": tuple(manifest["cost_params"]["strategy_order"])}
+        ),
+        data_fingerprint=str(manifest.get("data_fingerprint", "")),
+        metrics=dict(manifest.get("metrics", {})),
+        extra=dict(manifest.get("extra", {})),
+        path=path,
+    )

@@ -1,0 +1,149 @@
+"""One decision, end to end: tier by budget, features, model, choice, confidence, time taken.
+
+This is the single-decision path both the selector (``serving``) and the timing of a trained model use,
+so the decision time a model is evaluated with is the time this code takes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._types import BytesLike
+from ..costmodel import CostModel, Oracle
+from ..features import basic_features, rich_features
+from ..link import LinkState, SystemState
+from .artifact import CMIL
+from .featurize import link_vector, payload_vector
+from .policy import FAST, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar, tier_scalar
+from .runtime import TieredModel
+
+__all__ = ["Decider", "Decision"]
+
+
+@dataclass
+class Decision:
+    """A strategy for one transfer, why, and what it cost to decide."""
+
+    strategy: str
+    confidence: float
+    tier: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+    predicted_costs: dict[str, float] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
+    latency_s: float = 0.0
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "confidence": self.confidence,
+            "tier": self.tier,
+            "probabilities": self.probabilities,
+            "predicted_costs": self.predicted_costs,
+            "features": self.features,
+            "latency_s": self.latency_s,
+            "cached": self.cached,
+        }
+
+
+class Decider:
+    """Decides with a trained model under the artifact's policy (no cache; see ``serving``)."""
+
+    def __init__(self, model: TieredModel, cost_model: CostModel | None = None) -> None:
+        self.model = model
+        self.artifact = model.artifact
+        self.cost_model = cost_model or CostModel(self.artifact.cost_params)
+        self.oracle = Oracle(self.cost_model)
+
+    def tier(self, size: int, link: LinkState) -> str:
+        return tier_scalar(size, link, self.artifact.times, self.artifact.policy, self.cost_model)
+
+    def decide(
+        self,
+        payload: BytesLike,
+        link: LinkState,
+        system: SystemState,
+        *,
+        baseline: BytesLike | None = None,
+        payload_type: str = "other",
+        history: Mapping[str, float | None] | None = None,
+        tier: str | None = None,
+    ) -> Decision:
+        t0 = time.perf_counter()
+        size = len(payload)
+        chosen_tier = tier or self.tier(size, link)
+        if chosen_tier == FAST:
+            return Decision("none", 1.0, FAST, latency_s=time.perf_counter() - t0)
+        basic = basic_features(payload, baseline)
+        rich = rich_features(payload, baseline) if chosen_tier == RICH else None
+        tm = self.model[chosen_tier]
+        spec = tm.spec
+        vec = payload_vector(
+            chosen_tier,
+            size,
+            payload_type,
+            baseline_bytes=basic.baseline_bytes if basic.has_baseline else None,
+            entropy=basic.entropy,
+            zero_fraction=basic.zero_fraction,
+            text_fraction=basic.text_fraction,
+            similarity_pages=basic.similarity_pages,
+            prev=history or {},
+            probe_lz4=rich.probe_lz4_ratio if rich else None,
+            probe_zstd=rich.probe_zstd_ratio if rich else None,
+            zero_pages=rich.zero_page_fraction if rich else None,
+            similarity_inplace=rich.similarity_inplace if rich else None,
+            similarity_shifted=rich.similarity_shifted if rich else None,
+            types=spec.payload_types,
+        )
+        if spec.with_link:
+            vec += link_vector(
+                size,
+                link.capacity_bps,
+                link.utilization,
+                link.rtt_s,
+                link.jitter_s,
+                link.loss,
+                system.free_cores,
+                system.active_transfers,
+                link.link_type,
+                self.cost_model,
+                spec.link_types,
+            )
+        out = tm.predict_one(vec)
+        costs: dict[str, float] = {}
+        if self.artifact.kind == CMIL:
+            costs = cmil_costs_scalar(out, size, basic.has_baseline, link, system, self.cost_model)
+            strategy = self.oracle.decide(costs).label
+            probs = confidence_scalar(costs, self.artifact.temperature)
+        else:
+            probs = {s: p for s, p in zip(STRATEGIES, out, strict=True) if s != "hde" or basic.has_baseline}
+            total = sum(probs.values()) or 1.0
+            probs = {s: p / total for s, p in probs.items()}
+            strategy = max(probs, key=lambda s: probs[s])
+        features = {
+            "tier": chosen_tier,
+            "payload_bytes": size,
+            "entropy": basic.entropy,
+            "zero_fraction": basic.zero_fraction,
+            "text_fraction": basic.text_fraction,
+            "similarity_pages": basic.similarity_pages,
+        }
+        if rich is not None:
+            features.update(
+                probe_lz4_ratio=rich.probe_lz4_ratio,
+                probe_zstd_ratio=rich.probe_zstd_ratio,
+                similarity_inplace=rich.similarity_inplace,
+                similarity_shifted=rich.similarity_shifted,
+            )
+        return Decision(
+            strategy,
+            probs.get(strategy, 0.0),
+            chosen_tier,
+            probs,
+            costs,
+            features,
+            time.perf_counter() - t0,
+        )

@@ -1,0 +1,302 @@
+"""The model's input vector: one definition for training (columns of a dataset) and serving (one decision).
+
+Two tiers (``features.py``): the **light** vector uses the basic payload features only; the **rich** vector
+adds the probe and similarity features. Each vector has a payload part (what the encoders will do: the
+cost model's regressors use only this) and a link part (the path and the node: the classifier also needs
+it). Derived link features follow DESIGN section 2: available bandwidth, per-stream Mathis rate, AMST
+streams, bandwidth-delay product, and the raw transmit and transfer times of the unencoded payload.
+
+Categorical values (payload type, link type) are one-hot over lists stored in the model's manifest; an
+unseen payload type maps to ``other``. Missing values (no baseline, no history yet) become 0 with an
+indicator. Everything is a plain float so the single-decision path needs no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..costmodel import CostModel
+from ..link import LINK_CLASSES
+
+__all__ = [
+    "LIGHT",
+    "PAYLOAD_TYPES",
+    "RICH",
+    "FeatureSpec",
+    "link_names",
+    "link_vector",
+    "payload_names",
+    "payload_vector",
+]
+
+LIGHT = "light"
+RICH = "rich"
+PAYLOAD_TYPES: tuple[str, ...] = (
+    "vm_memory",
+    "vm_memory_round",
+    "vm_disk",
+    "database",
+    "database_wal",
+    "logs_json",
+    "document",
+    "media",
+    "encrypted",
+    "corpus",
+    "other",
+)
+LINK_TYPES: tuple[str, ...] = tuple(LINK_CLASSES)
+_LOG2 = math.log2
+_LOG10 = math.log10
+
+
+def payload_names(tier: str, types: Sequence[str] = PAYLOAD_TYPES) -> list[str]:
+    names = [
+        "log2_size",
+        "has_baseline",
+        "log2_baseline_ratio",
+        "entropy",
+        "zero_fraction",
+        "text_fraction",
+        "similarity_pages",
+        "prev_zstd_log_ratio",
+        "prev_lz4_log_ratio",
+        "prev_hde_log_ratio",
+        "has_prev_zstd",
+        "has_prev_lz4",
+        "has_prev_hde",
+    ]
+    if tier == RICH:
+        names += [
+            "probe_lz4_log_ratio",
+            "probe_zstd_log_ratio",
+            "zero_page_fraction",
+            "similarity_inplace",
+            "similarity_shifted",
+        ]
+    return names + [f"type={t}" for t in types]
+
+
+def link_names(types: Sequence[str] = LINK_TYPES) -> list[str]:
+    return [
+        "log10_capacity",
+        "utilization",
+        "log10_rtt",
+        "jitter_ratio",
+        "log10_loss",
+        "log2_free_cores",
+        "active_transfers",
+        "log10_available",
+        "log10_stream_rate",
+        "log2_streams",
+        "log10_bdp",
+        "log10_transmit_s",
+        "log10_raw_s",
+    ] + [f"link={t}" for t in types]
+
+
+def _lr(x: float | None) -> float:
+    """log2 of a ratio, 0 when absent."""
+    return _LOG2(max(x, 1e-6)) if x is not None else 0.0
+
+
+def payload_vector(
+    tier: str,
+    size: int,
+    payload_type: str,
+    *,
+    baseline_bytes: int | None,
+    entropy: float,
+    zero_fraction: float,
+    text_fraction: float,
+    similarity_pages: float | None,
+    prev: Mapping[str, float | None],
+    probe_lz4: float | None = None,
+    probe_zstd: float | None = None,
+    zero_pages: float | None = None,
+    similarity_inplace: float | None = None,
+    similarity_shifted: float | None = None,
+    types: Sequence[str] = PAYLOAD_TYPES,
+) -> list[float]:
+    """The payload part of one decision's vector (pure Python: a few µs)."""
+    pz, pl, ph = prev.get("zstd"), prev.get("lz4"), prev.get("hde")
+    v = [
+        _LOG2(size + 1),
+        0.0 if baseline_bytes is None else 1.0,
+        0.0 if baseline_bytes is None else _LOG2((baseline_bytes + 1) / (size + 1)),
+        entropy / 8.0,
+        zero_fraction,
+        text_fraction,
+        similarity_pages if similarity_pages is not None else 0.0,
+        _lr(pz),
+        _lr(pl),
+        _lr(ph),
+        0.0 if pz is None else 1.0,
+        0.0 if pl is None else 1.0,
+        0.0 if ph is None else 1.0,
+    ]
+    if tier == RICH:
+        v += [
+            _lr(probe_lz4),
+            _lr(probe_zstd),
+            zero_pages or 0.0,
+            similarity_inplace or 0.0,
+            similarity_shifted or 0.0,
+        ]
+    t = payload_type if payload_type in types else "other"
+    return v + [1.0 if t == name else 0.0 for name in types]
+
+
+def link_vector(
+    size: int,
+    capacity_bps: float,
+    utilization: float,
+    rtt_s: float,
+    jitter_s: float,
+    loss: float,
+    free_cores: float,
+    active_transfers: int,
+    link_type: str | None,
+    cost_model: CostModel,
+    types: Sequence[str] = LINK_TYPES,
+) -> list[float]:
+    """The link part of one decision's vector (pure Python: a couple of µs)."""
+    p = cost_model.params
+    available = capacity_bps * (1.0 - utilization)
+    window = 8.0 * p.window_cap_bytes / rtt_s
+    rate = window if loss <= 0 else min(window, 8.0 * p.mss_bytes * 1.22 / (rtt_s * math.sqrt(loss)))
+    streams = max(1, min(p.max_streams, math.ceil(available / rate)))
+    effective = min(available, streams * rate)
+    transmit = 8.0 * size / effective
+    return [
+        _LOG10(capacity_bps),
+        utilization,
+        _LOG10(rtt_s),
+        jitter_s / rtt_s,
+        _LOG10(loss + 1e-9),
+        _LOG2(free_cores),
+        float(active_transfers),
+        _LOG10(available),
+        _LOG10(rate),
+        _LOG2(streams),
+        _LOG10(available * rtt_s / 8.0 + 1.0),
+        _LOG10(transmit + 1e-9),
+        _LOG10(rtt_s + transmit),
+    ] + [1.0 if link_type == t else 0.0 for t in types]
+
+
+@dataclass
+class FeatureSpec:
+    """What a model was trained on: tier, input names and category lists (stored in the manifest)."""
+
+    tier: str
+    payload_types: list[str] = field(default_factory=lambda: list(PAYLOAD_TYPES))
+    link_types: list[str] = field(default_factory=lambda: list(LINK_TYPES))
+    with_link: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        names = payload_names(self.tier, self.payload_types)
+        return names + link_names(self.link_types) if self.with_link else names
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "payload_types": self.payload_types,
+            "link_types": self.link_types,
+            "with_link": self.with_link,
+            "names": self.names,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        spec = cls(str(d["tier"]), list(d["payload_types"]), list(d["link_types"]), bool(d["with_link"]))
+        if spec.names != list(d["names"]):
+            from ..errors import ConfigError
+
+            raise ConfigError("the manifest's feature names do not match its feature definition")
+        return spec
+
+    # -- columns of a dataset ------------------------------------------------------------------------
+    def matrix(self, cols: Mapping[str, np.ndarray], cost_model: CostModel | None = None) -> np.ndarray:
+        """The input matrix of many records, from dataset columns (``f_*`` arrays)."""
+        n = len(cols["f_payload_bytes"])
+        size = cols["f_payload_bytes"].astype(np.float64)
+        has_base = cols["f_has_baseline"].astype(bool)
+        base = cols["f_baseline_bytes"].astype(np.float64)
+
+        def lr(name: str) -> tuple[np.ndarray, np.ndarray]:
+            v = cols[name].astype(np.float64)
+            present = ~np.isnan(v)
+            return np.where(present, np.log2(np.maximum(np.nan_to_num(v, nan=1.0), 1e-6)), 0.0), present
+
+        pz, hz = lr("f_prev_zstd_ratio")
+        pl, hl = lr("f_prev_lz4_ratio")
+        ph, hh = lr("f_prev_hde_ratio")
+        parts = [
+            np.log2(size + 1),
+            has_base.astype(np.float64),
+            np.where(has_base, np.log2((base + 1) / (size + 1)), 0.0),
+            cols["f_entropy"] / 8.0,
+            cols["f_zero_fraction"],
+            np.nan_to_num(cols["f_text_fraction"].astype(np.float64), nan=0.0),
+            np.nan_to_num(cols["f_similarity_pages"].astype(np.float64), nan=0.0),
+            pz,
+            pl,
+            ph,
+            hz.astype(np.float64),
+            hl.astype(np.float64),
+            hh.astype(np.float64),
+        ]
+        if self.tier == RICH:
+            parts += [
+                lr("f_probe_lz4_ratio")[0],
+                lr("f_probe_zstd_ratio")[0],
+                np.nan_to_num(cols["f_zero_page_fraction"].astype(np.float64), nan=0.0),
+                np.nan_to_num(cols["f_similarity_inplace"].astype(np.float64), nan=0.0),
+                np.nan_to_num(cols["f_similarity_shifted"].astype(np.float64), nan=0.0),
+            ]
+        ptype = np.asarray(cols["f_payload_type"], dtype=object)
+        known = np.isin(ptype, self.payload_types)
+        ptype = np.where(known, ptype, "other")
+        parts += [(ptype == t).astype(np.float64) for t in self.payload_types]
+        if self.with_link:
+            parts += self._link_columns(cols, size, cost_model or CostModel())
+        out = np.column_stack(parts) if n else np.zeros((0, len(self.names)))
+        return np.asarray(out, dtype=np.float32)
+
+    def _link_columns(
+        self, cols: Mapping[str, np.ndarray], size: np.ndarray, cm: CostModel
+    ) -> list[np.ndarray]:
+        p = cm.params
+        cap = cols["f_capacity_bps"].astype(np.float64)
+        util = cols["f_utilization"].astype(np.float64)
+        rtt = cols["f_rtt_s"].astype(np.float64)
+        loss = cols["f_loss"].astype(np.float64)
+        available = cap * (1.0 - util)
+        window = 8.0 * p.window_cap_bytes / rtt
+        with np.errstate(divide="ignore"):
+            mathis = np.where(loss > 0, 8.0 * p.mss_bytes * 1.22 / (rtt * np.sqrt(loss)), np.inf)
+        rate = np.minimum(window, mathis)
+        streams = np.clip(np.ceil(available / rate), 1, p.max_streams)
+        transmit = 8.0 * size / np.minimum(available, streams * rate)
+        ltype = np.asarray(cols["f_link_type"], dtype=object)
+        return [
+            np.log10(cap),
+            util,
+            np.log10(rtt),
+            cols["f_jitter_s"].astype(np.float64) / rtt,
+            np.log10(loss + 1e-9),
+            np.log2(cols["f_free_cores"].astype(np.float64)),
+            cols["f_active_transfers"].astype(np.float64),
+            np.log10(available),
+            np.log10(rate),
+            np.log2(streams),
+            np.log10(available * rtt / 8.0 + 1.0),
+            np.log10(transmit + 1e-9),
+            np.log10(rtt + transmit),
+        ] + [(ltype == t).astype(np.float64) for t in self.link_types]

@@ -1,0 +1,169 @@
+"""The decision policy: how much deciding a transfer may cost, and how model outputs become a choice.
+
+A decision pays for itself (DESIGN section 5a). Compression can at best save the payload's transmit
+time (8·S over the AMST rate), so the policy first estimates it (about a microsecond) and picks a tier:
+
+* **fast** - transmit time under ``fast_factor`` × the light decision's cost: no model runs; ``none``
+  (or the decision cached for the same resource and link, see ``serving``);
+* **light** - basic features (~15 µs) and the light model;
+* **rich** - the transmit time is at least ``rich_factor`` × the rich decision's cost: the probe and
+  similarity features (hundreds of µs) and the rich model.
+
+Model outputs become a strategy in one of two ways (DESIGN section 5b): a **classifier** gives a
+probability per strategy (``hde`` masked out without a baseline) and the most probable wins; the **cost
+model in the loop** predicts, per strategy, the compressed size and the encode and decode CPU seconds
+from the payload features alone, prices them with the exact cost formula on the known link and node,
+and takes the cheapest, with the oracle's tie rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..costmodel import DEFAULT_STRATEGY_ORDER, CostModel, Oracle, StrategyMeasurement
+from ..link import LinkState, SystemState
+
+__all__ = [
+    "CMIL_OUTPUTS",
+    "FAST",
+    "LIGHT",
+    "RICH",
+    "DecisionTimes",
+    "PolicyParams",
+    "cmil_costs_array",
+    "cmil_costs_scalar",
+    "tier_array",
+    "tier_scalar",
+]
+
+FAST, LIGHT, RICH = "fast", "light", "rich"
+STRATEGIES: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
+#: Per strategy, the cost model in the loop predicts log2(bytes / payload bytes), log2 encode and decode s.
+CMIL_OUTPUTS: tuple[str, ...] = tuple(
+    f"{s}:{q}" for s in STRATEGIES for q in ("log2_ratio", "log2_encode_s", "log2_decode_s")
+)
+
+
+@dataclass(frozen=True)
+class DecisionTimes:
+    """Seconds a decision costs on the host that measured them, per tier (stored in the manifest)."""
+
+    fast_s: float = 1e-6
+    light_s: float = 30e-6
+    rich_s: float = 600e-6
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """When to skip the model, and when to afford the rich features (tuned on validation data)."""
+
+    fast_factor: float = 10.0
+    rich_factor: float = 100.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def transmit_s(size: int, link: LinkState, cost_model: CostModel) -> float:
+    """Seconds to push ``size`` unencoded bytes through the AMST streams of ``link`` (no RTT)."""
+    return 8.0 * size / cost_model.effective_bps(link)
+
+
+def tier_scalar(
+    size: int, link: LinkState, times: DecisionTimes, params: PolicyParams, cost_model: CostModel
+) -> str:
+    t = transmit_s(size, link, cost_model)
+    if t < params.fast_factor * times.light_s:
+        return FAST
+    if t >= params.rich_factor * times.rich_s:
+        return RICH
+    return LIGHT
+
+
+def tier_array(transmit: np.ndarray, times: DecisionTimes, params: PolicyParams) -> np.ndarray:
+    out = np.full(transmit.shape, LIGHT, dtype=object)
+    out[transmit < params.fast_factor * times.light_s] = FAST
+    out[transmit >= params.rich_factor * times.rich_s] = RICH
+    return out
+
+
+def cmil_costs_array(
+    pred: np.ndarray,
+    size: np.ndarray,
+    offered: np.ndarray,
+    link_cols: Mapping[str, np.ndarray],
+    cost_model: CostModel,
+) -> np.ndarray:
+    """Predicted transfer time of every strategy (records × strategies); ``inf`` where not offered."""
+    costs = np.full((len(size), len(STRATEGIES)), np.inf)
+    sz = size.astype(np.float64)
+    for j in range(len(STRATEGIES)):
+        ratio, enc, dec = pred[:, 3 * j], pred[:, 3 * j + 1], pred[:, 3 * j + 2]
+        t = cost_model.transfer_time_array(
+            sz,
+            np.maximum(sz, 1.0) * np.exp2(ratio),
+            np.exp2(enc),
+            np.exp2(dec),
+            link_cols["f_capacity_bps"],
+            link_cols["f_utilization"],
+            link_cols["f_rtt_s"],
+            link_cols["f_loss"],
+            link_cols["f_free_cores"],
+        )
+        costs[:, j] = np.where(offered[:, j], t, np.inf)
+    return costs
+
+
+def cmil_costs_scalar(
+    pred: Sequence[float],
+    size: int,
+    has_baseline: bool,
+    link: LinkState,
+    system: SystemState,
+    cost_model: CostModel,
+) -> dict[str, float]:
+    """The same for one decision (pure Python)."""
+    out = {}
+    for j, s in enumerate(STRATEGIES):
+        if s == "hde" and not has_baseline:
+            continue
+        m = StrategyMeasurement(
+            int(max(size, 1) * 2.0 ** pred[3 * j]), 2.0 ** pred[3 * j + 1], 2.0 ** pred[3 * j + 2]
+        )
+        out[s] = cost_model.transfer_time(size, m, link, system)
+    return out
+
+
+def choose_from_costs(costs: np.ndarray, cost_model: CostModel) -> np.ndarray:
+    """The oracle's rule applied to predicted costs: cheapest, near-ties to the simpler strategy."""
+    return Oracle(cost_model).label_array(costs)
+
+
+def softmax_confidence(costs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ∝ cost^(−temperature) (0 where not offered): the cost model's confidence."""
+    logc = np.log(np.where(np.isfinite(costs), costs, np.nan))
+    z = -temperature * logc
+    z = np.where(np.isnan(z), -np.inf, z)
+    z = z - np.max(z, axis=1, keepdims=True)
+    e = np.exp(z)
+    probs: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return probs
+
+
+def confidence_scalar(costs: Mapping[str, float], temperature: float) -> dict[str, float]:
+    lo = min(costs.values())
+    w = {s: math.exp(-temperature * (math.log(c) - math.log(lo))) for s, c in costs.items()}
+    total = sum(w.values())
+    return {s: v / total for s, v in w.items()}
+
+
+def params_from(d: Mapping[str, Any]) -> tuple[DecisionTimes, PolicyParams]:
+    return DecisionTimes(**d["times"]), PolicyParams(**d["params"])

@@ -1,0 +1,130 @@
+"""The selector a sending service embeds: a model artifact, the fast path and a decision cache.
+
+:class:`Selector` wraps the single-decision path (``modeling.decide``) with a cache of recent decisions:
+a transfer whose transmit time is too short to pay for a model decision reuses the decision last taken
+for the **same resource over the same link** when there is one, and otherwise sends ``none``.
+
+The cache key is ``(resource id, link type, capacity and RTT rounded to powers of 2, has baseline)``:
+links whose bandwidth or RTT differ by less than a factor of two price encoders alike. An entry is
+dropped when it is older than ``ttl_s`` (default 60 s), when the payload size moves by more than a factor
+of four from the one it was decided for, and when :meth:`Selector.invalidate` is called for its resource
+(a new baseline, a reconfigured link). The cache is bounded (LRU, 10,000 entries).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+from .._types import BytesLike
+from ..costmodel import CostModel
+from ..link import LinkState, SystemState
+from ..modeling.artifact import load_artifact
+from ..modeling.decide import Decider, Decision
+from ..modeling.policy import FAST
+from ..modeling.runtime import TieredModel
+
+__all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_TTL_S", "Selector"]
+
+DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_CACHE_TTL_S = 60.0
+_SIZE_DRIFT = 4.0
+
+CacheKey = tuple[str, str, int, int, bool]
+
+
+class Selector:
+    """Chooses the encoder of each transfer with a trained model (thread-safe)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        ttl_s: float = DEFAULT_CACHE_TTL_S,
+    ) -> None:
+        self.artifact = load_artifact(model_dir)
+        self.cost_model = CostModel(self.artifact.cost_params)
+        self.decider = Decider(TieredModel(self.artifact), self.cost_model)
+        self.cache_size = cache_size
+        self.ttl_s = ttl_s
+        self._cache: OrderedDict[CacheKey, tuple[float, int, Decision]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def cache_key(resource_id: str, link: LinkState, has_baseline: bool) -> CacheKey:
+        return (
+            resource_id,
+            link.link_type or "",
+            round(math.log2(link.capacity_bps)),
+            round(math.log2(link.rtt_s)),
+            has_baseline,
+        )
+
+    def select(
+        self,
+        payload: BytesLike,
+        link: LinkState,
+        system: SystemState,
+        *,
+        baseline: BytesLike | None = None,
+        payload_type: str = "other",
+        resource_id: str | None = None,
+        history: Mapping[str, float | None] | None = None,
+    ) -> Decision:
+        """The strategy for this transfer (and its confidence, tier, features and decision time)."""
+        t0 = time.perf_counter()
+        size = len(payload)
+        tier = self.decider.tier(size, link)
+        key = self.cache_key(resource_id, link, baseline is not None) if resource_id is not None else None
+        if tier == FAST:
+            if key is not None:
+                hit = self._cached(key, size)
+                if hit is not None:
+                    return Decision(
+                        hit.strategy,
+                        hit.confidence,
+                        FAST,
+                        hit.probabilities,
+                        {},
+                        {},
+                        time.perf_counter() - t0,
+                        True,
+                    )
+            return Decision("none", 1.0, FAST, latency_s=time.perf_counter() - t0)
+        decision = self.decider.decide(
+            payload, link, system, baseline=baseline, payload_type=payload_type, history=history, tier=tier
+        )
+        if key is not None:
+            with self._lock:
+                self._cache[key] = (time.monotonic(), size, decision)
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return decision
+
+    def _cached(self, key: CacheKey, size: int) -> Decision | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            stamp, decided_size, decision = entry
+            stale = time.monotonic() - stamp > self.ttl_s
+            drifted = not (decided_size / _SIZE_DRIFT <= max(size, 1) <= max(decided_size, 1) * _SIZE_DRIFT)
+            if stale or drifted:
+                del self._cache[key]
+                return None
+            self._cache.move_to_end(key)
+            return decision
+
+    def invalidate(self, resource_id: str) -> int:
+        """Forget every cached decision of ``resource_id``; returns how many were dropped."""
+        with self._lock:
+            keys = [k for k in self._cache if k[0] == resource_id]
+            for k in keys:
+                del self._cache[k]
+        return len(keys)

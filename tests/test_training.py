@@ -1,0 +1,206 @@
+"""Training end to end on a real (small) staging collection: every candidate fitted, the artifact exported
+and reloaded, evaluated through the CLI, and the evaluation's own arithmetic checked on known policies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dwcp_selector.costmodel import CostModel
+from dwcp_selector.dataset.export import export_dataset
+from dwcp_selector.errors import ConfigError
+from dwcp_selector.link import LinkState
+from dwcp_selector.modeling.artifact import load_artifact
+from dwcp_selector.modeling.baselines import heuristic_rule
+from dwcp_selector.modeling.policy import STRATEGIES
+from dwcp_selector.modeling.runtime import TieredModel
+from dwcp_selector.telemetry.staging import collect
+from dwcp_selector.telemetry.store import open_store
+from dwcp_selector.training.data import load_dataset
+from dwcp_selector.training.evaluation import evaluate_choices, heuristic_choice
+from dwcp_selector.training.pipeline import CANDIDATES, TrainConfig, train
+from dwcp_selector.training.policy_eval import model_outputs, policy_decisions
+from dwcp_selector.workload.staging import ScenarioMix
+
+CLI = [sys.executable, "-m", "dwcp_selector"]
+KEYS = (
+    "accuracy",
+    "near_optimal_rate",
+    "decisive_accuracy",
+    "macro_f1",
+    "regret_mean",
+    "regret_p95",
+    "gain_vs_heuristic",
+    "gain_vs_static",
+    "gain_vs_probe",
+    "oracle_gap",
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("training")
+    url = f"sqlite:///{d / 'telemetry.db'}"
+    collect(url, 1200, 7, workers=2, mix=ScenarioMix(max_bytes=2 << 20))
+    with open_store(url) as store:
+        export_dataset(store.read_table(), d / "data", source="test", csv=False)
+    return d / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("model") / "model"
+    config = TrainConfig(trials=1, folds=2, max_epochs=8, timing_calls=30, tensorboard=True)
+    return out, train(dataset, out, config)
+
+
+def test_train_fits_every_candidate_and_exports_the_best(trained: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = trained
+    names = [c["name"] for c in summary["candidates"]]
+    assert names == list(CANDIDATES)
+    best = min(summary["candidates"], key=lambda c: c["val_regret_mean"])
+    assert summary["chosen"] == best["name"]
+    for f in ("manifest.json", "light.onnx", "rich.onnx", "training.json", "MODEL_CARD.md", "report.html"):
+        assert (out / f).is_file(), f
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    artifact = load_artifact(out)
+    assert artifact.size_bytes() < 10 << 20
+    assert artifact.extra["candidate"] == summary["chosen"]
+    assert [f["fold"] for f in summary["cv"]] == [1, 2]
+    assert summary["metrics"]["test"]["rows"] > 0
+    assert abs(summary["metrics"]["train_val_gap_points"]) < 100
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "onfusion" in html
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Limitations" in card and summary["chosen"] in card
+
+
+def test_hde_is_never_chosen_without_a_baseline(trained: tuple[Path, dict[str, Any]], dataset: Path) -> None:
+    out, _ = trained
+    artifact = load_artifact(out)
+    splits, _, _ = load_dataset(dataset)
+    split = splits["test"]
+    cm = CostModel(artifact.cost_params)
+    outputs, _ = model_outputs(TieredModel(artifact), split, cm)
+    choice, decision_s, _, tiers = policy_decisions(outputs, split, artifact.times, artifact.policy, cm)
+    no_base = ~split.cols["f_has_baseline"].astype(bool)
+    assert no_base.any()
+    assert not np.any(choice[no_base] == STRATEGIES.index("hde"))
+    assert np.all(decision_s > 0) and set(np.unique(tiers)) <= {"fast", "light", "rich"}
+
+
+def test_evaluate_cli_reports_every_metric(trained: tuple[Path, dict[str, Any]], dataset: Path) -> None:
+    out, _ = trained
+    html = out.parent / "eval.html"
+    proc = subprocess.run(
+        [*CLI, "evaluate", "--model", str(out), "--data", str(dataset), "--json", "--html", str(html)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for k in KEYS:
+        assert k in report, k
+        assert report[k] is None or -1.0 < report[k] < 10.0  # fractions, not percentages
+    assert 0.0 <= report["near_optimal_rate"] <= 1.0 and report["regret_mean"] >= 0.0
+    assert set(report["by_link"]) == {"dc", "metro", "wan", "edge"}
+    assert report["by_type"] and all(
+        "near_optimal_rate" in v for v in report["by_type"].values() if v["rows"]
+    )
+    assert set(report["per_class"]) == set(STRATEGIES)
+    assert html.is_file() and "data:image/png;base64," in html.read_text()
+    bad = subprocess.run(
+        [*CLI, "evaluate", "--model", str(out), "--data", str(dataset), "--split", "holdout"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "no 'holdout' split" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_select_cli_gives_decision_confidence_features_and_latency(
+    trained: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, _ = trained
+    rng = np.random.default_rng(0)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"".join(b'{"level":"info","n":%d}\n' % i for i in range(200_000)))
+    base = tmp_path / "random.bin"
+    base.write_bytes(rng.bytes(1 << 20))
+    proc = subprocess.run(
+        [*CLI, "select", str(payload), "--link", "edge", "--model", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["strategy"] in ("none", "lz4", "zstd") and 0.0 <= d["confidence"] <= 1.0
+    assert d["tier"] in ("light", "rich") and d["features"]["payload_bytes"] == payload.stat().st_size
+    assert 0 < d["latency_s"] < 0.5
+    wrong = subprocess.run(
+        [*CLI, "select", str(payload), "--model", str(base.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode != 0 and "manifest" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_a_tampered_dataset_is_refused(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    blob = bytearray((copy / "val.parquet").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / "val.parquet").write_bytes(bytes(blob))
+    with pytest.raises(ConfigError, match="sha256"):
+        load_dataset(copy)
+
+
+def test_the_oracle_scores_perfectly_and_baselines_are_priced(dataset: Path) -> None:
+    splits, _, _ = load_dataset(dataset)
+    split = splits["test"]
+    zero = np.zeros(split.n)
+    r = evaluate_choices(split, split.labels(), zero)
+    assert r["accuracy"] == 1.0 and r["near_optimal_rate"] == 1.0
+    assert r["regret_mean"] == 0.0 and r["oracle_gap"] == 0.0
+    assert r["gain_vs_heuristic"] >= 0.0 and r["gain_vs_static"] >= 0.0 and r["gain_vs_probe"] >= 0.0
+    # always "none" is one of the static policies: it cannot beat the best of them
+    always_none = evaluate_choices(split, np.zeros(split.n, dtype=np.int64), zero)
+    assert always_none["gain_vs_static"] <= 1e-12
+    # paying a second per decision shows up in regret and gains, not in the near-optimal rate
+    slow = evaluate_choices(split, split.labels(), np.ones(split.n))
+    assert slow["near_optimal_rate"] == 1.0 and slow["regret_mean"] > 0.0 and slow["gain_vs_static"] < 0.0
+
+
+def test_the_rule_heuristic_is_one_definition(dataset: Path) -> None:
+    """The evaluation's vectorised heuristic is the serving-side rule list, row for row."""
+    splits, _, _ = load_dataset(dataset)
+    split = splits["train"]
+    vector = heuristic_choice(split)
+    c = split.cols
+    for i in range(split.n):
+        link = LinkState(
+            float(c["f_capacity_bps"][i]),
+            float(c["f_rtt_s"][i]),
+            float(c["f_loss"][i]),
+            float(c["f_utilization"][i]),
+        )
+        sim = c["f_similarity_pages"][i]
+        rule = heuristic_rule(
+            int(c["f_payload_bytes"][i]),
+            float(c["f_entropy"][i]),
+            bool(c["f_has_baseline"][i]),
+            None if sim is None or np.isnan(sim) else float(sim),
+            link,
+        )
+        assert STRATEGIES[vector[i]] == rule, i
