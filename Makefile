@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+MODEL  ?= models/selector
 
 .PHONY: setup demo test test-slow lint bench clean
 
@@ -34,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/amst.py
 	$(BIN)/python bench/measure_memory.py
 	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/inference.py --model $(MODEL)
 	$(BIN)/python bench/report.py
 
 clean:

@@ -173,6 +173,24 @@ def telemetry_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def inference_section(doc: dict[str, Any]) -> list[str]:
+    m = doc["model"]
+    lines = [
+        "## Decision latency",
+        "",
+        f"`python bench/inference.py --model MODEL_DIR` — measured {_machine(doc['machine'])}.",
+        "",
+        f"Model: {m['candidate']} ({m['kind']}, {m['family']}), {m['size_bytes']:,} bytes of ONNX. One thread;",
+        f"p50/p99 of {doc['calls']:,} calls per row (fewer for the costly rows), median of {doc['repeats']} runs.",
+        "",
+        "| what | p50 µs | p99 µs |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {r['p50_us']:,.2f} | {r['p99_us']:,.2f} |" for name, r in doc["rows"].items()]
+    lines.append("")
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -190,6 +208,9 @@ def main() -> None:
     telemetry = RESULTS / "telemetry.json"
     if telemetry.exists():
         lines += telemetry_section(json.loads(telemetry.read_text()))
+    inference = RESULTS / "inference.json"
+    if inference.exists():
+        lines += inference_section(json.loads(inference.read_text()))
     memory = RESULTS / "measure_memory.json"
     if memory.exists():
         lines += memory_section(json.loads(memory.read_text()))

@@ -56,6 +56,9 @@ EXPECTED = {
     "TelemetryStore",
     "open_store",
     "payload_features",
+    "ArtifactError",
+    "Decision",
+    "Selector",
 }
 
 

@@ -224,3 +224,59 @@ def test_selector_cache_is_keyed_and_invalidated(tmp_path: Path) -> None:
     sel.select(data, link, system, resource_id="db-1")
     assert sel.invalidate("db-1") == 1 and sel.invalidate("db-1") == 0
     assert not sel.select(small, link, system, resource_id="db-1").cached
+
+
+def _rewrite(path: Path, change: dict) -> None:
+    """Edit a manifest and re-seal it, as a deliberate (not accidental) change would be."""
+    import hashlib
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.pop("checksum")
+    manifest.update(change)
+    body = json.dumps(manifest, indent=2, sort_keys=True)
+    manifest["checksum"] = hashlib.sha256(body.encode()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def test_mismatched_artifacts_are_refused_with_a_reason(tmp_path: Path) -> None:
+    good = _toy_artifact(tmp_path)
+    cases = {
+        "major": ({"library_version": "99.0.0"}, "major version"),
+        "labels": ({"label_set": ["none", "lz4", "zstd", "hde", "brotli"]}, "label set"),
+        "schema": ({"schema": "dwcp-model/0"}, "not a dwcp-model/1 manifest"),
+    }
+    for name, (change, message) in cases.items():
+        bad = tmp_path / name
+        shutil.copytree(good, bad)
+        _rewrite(bad, change)
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(bad)
+    missing = tmp_path / "missing"
+    shutil.copytree(good, missing)
+    (missing / "rich.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(missing)
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_artifact(garbage)
+    # a graph of the wrong width, sealed as if it were right: onnxruntime is never asked to guess
+    swapped = tmp_path / "swapped"
+    shutil.copytree(good, swapped)
+    d = 5
+    onnx = mlp_to_onnx(
+        [(np.ones((12, d), np.float32), np.zeros(12, np.float32))],
+        mean=np.zeros(d, np.float32),
+        std=np.ones(d, np.float32),
+        softmax=False,
+        name="w",
+    )
+    (swapped / "light.onnx").write_bytes(onnx)
+    import hashlib
+
+    tiers = json.loads((swapped / "manifest.json").read_text())["tiers"]
+    tiers["light"]["sha256"] = hashlib.sha256(onnx).hexdigest()
+    _rewrite(swapped, {"tiers": tiers})
+    with pytest.raises(ArtifactError, match="inputs"):
+        TieredModel(load_artifact(swapped))

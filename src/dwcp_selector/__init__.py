@@ -29,6 +29,7 @@ from ._version import __version__
 from .config import Settings
 from .costmodel import CostModel, CostParams, Oracle, OracleDecision, StrategyMeasurement
 from .errors import (
+    ArtifactError,
     BaselineError,
     BaselineMismatchError,
     BaselineMissingError,
@@ -65,6 +66,8 @@ from .strategies import (
 from .transport import AmstReceiver, AmstSender, ReceivedTransfer, SendReport
 
 if TYPE_CHECKING:
+    from .modeling.decide import Decision
+    from .serving import Selector
     from .telemetry import TelemetryCollector, TelemetryStore, open_store
 
 # Telemetry pulls in pyarrow and prometheus_client: imported on first use, so that encoding, measuring
@@ -73,6 +76,9 @@ _LAZY = {
     "TelemetryCollector": ".telemetry",
     "TelemetryStore": ".telemetry",
     "open_store": ".telemetry",
+    # the selector loads onnxruntime
+    "Selector": ".serving",
+    "Decision": ".modeling.decide",
 }
 
 
@@ -87,6 +93,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LINK_CLASSES",
+    "ArtifactError",
+    "Decision",
+    "Selector",
     "AmstReceiver",
     "AmstSender",
     "Baseline",

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._types import BytesLike
 from ..costmodel import CostModel, Oracle
-from ..features import basic_features, rich_features
+from ..features import BasicFeatures, RichFeatures, basic_features, rich_features
 from ..link import LinkState, SystemState
 from .artifact import CMIL
 from .featurize import link_vector, payload_vector
@@ -32,9 +32,36 @@ class Decision:
     tier: str
     probabilities: dict[str, float] = field(default_factory=dict)
     predicted_costs: dict[str, float] = field(default_factory=dict)
-    features: dict[str, Any] = field(default_factory=dict)
+    basic: BasicFeatures | None = None
+    rich: RichFeatures | None = None
     latency_s: float = 0.0
     cached: bool = False
+
+    @property
+    def features(self) -> dict[str, Any]:
+        """The features the decision used (built on demand: the decision path does not pay for it)."""
+        out: dict[str, Any] = {"tier": self.tier}
+        if self.basic is not None:
+            b = self.basic
+            out.update(
+                payload_bytes=b.payload_bytes,
+                entropy=b.entropy,
+                zero_fraction=b.zero_fraction,
+                text_fraction=b.text_fraction,
+                similarity_pages=b.similarity_pages,
+                seconds=b.seconds,
+            )
+        if self.rich is not None:
+            r = self.rich
+            out.update(
+                probe_lz4_ratio=r.probe_lz4_ratio,
+                probe_zstd_ratio=r.probe_zstd_ratio,
+                zero_page_fraction=r.zero_page_fraction,
+                similarity_inplace=r.similarity_inplace,
+                similarity_shifted=r.similarity_shifted,
+                rich_seconds=r.probe_s + r.similarity_s,
+            )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,27 +150,13 @@ class Decider:
             total = sum(probs.values()) or 1.0
             probs = {s: p / total for s, p in probs.items()}
             strategy = max(probs, key=lambda s: probs[s])
-        features = {
-            "tier": chosen_tier,
-            "payload_bytes": size,
-            "entropy": basic.entropy,
-            "zero_fraction": basic.zero_fraction,
-            "text_fraction": basic.text_fraction,
-            "similarity_pages": basic.similarity_pages,
-        }
-        if rich is not None:
-            features.update(
-                probe_lz4_ratio=rich.probe_lz4_ratio,
-                probe_zstd_ratio=rich.probe_zstd_ratio,
-                similarity_inplace=rich.similarity_inplace,
-                similarity_shifted=rich.similarity_shifted,
-            )
         return Decision(
             strategy,
             probs.get(strategy, 0.0),
             chosen_tier,
             probs,
             costs,
-            features,
+            basic,
+            rich,
             time.perf_counter() - t0,
         )

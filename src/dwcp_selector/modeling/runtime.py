@@ -34,6 +34,7 @@ def _session(onnx_bytes: bytes) -> ort.InferenceSession:
 class _Binding(threading.local):
     def __init__(self) -> None:
         self.buf: np.ndarray | None = None
+        self.out: np.ndarray | None = None
         self.io: ort.IOBinding | None = None
 
 
@@ -69,14 +70,16 @@ class OnnxTier:
     def predict_one(self, vector: Sequence[float]) -> list[float]:
         """Outputs for one input vector."""
         local = self._local
-        if local.buf is None or local.io is None:
+        if local.buf is None or local.out is None or local.io is None:
             local.buf = np.zeros((1, self.width), dtype=np.float32)
+            local.out = np.zeros((1, len(self.outputs)), dtype=np.float32)
             local.io = self.session.io_binding()
             local.io.bind_cpu_input(self.input_name, local.buf)
-            local.io.bind_output(self.output_name)
+            # the output is written straight into our buffer: no copy, no allocation per call
+            local.io.bind_ortvalue_output(self.output_name, ort.OrtValue.ortvalue_from_numpy(local.out))
         local.buf[0, :] = vector
         self.session.run_with_iobinding(local.io)
-        result: list[float] = local.io.copy_outputs_to_cpu()[0][0].tolist()
+        result: list[float] = local.out[0].tolist()
         return result
 
 

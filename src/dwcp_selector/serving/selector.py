@@ -90,10 +90,8 @@ class Selector:
                         hit.confidence,
                         FAST,
                         hit.probabilities,
-                        {},
-                        {},
-                        time.perf_counter() - t0,
-                        True,
+                        latency_s=time.perf_counter() - t0,
+                        cached=True,
                     )
             return Decision("none", 1.0, FAST, latency_s=time.perf_counter() - t0)
         decision = self.decider.decide(

@@ -33,7 +33,7 @@ from ..costmodel import CostModel
 from ..errors import ConfigError
 from ..modeling.artifact import CLASSIFIER, CMIL, ModelArtifact, TierModel, save_artifact
 from ..modeling.decide import Decider
-from ..modeling.featurize import LIGHT, RICH, FeatureSpec
+from ..modeling.featurize import LIGHT, PAYLOAD_TYPES, RICH, FeatureSpec
 from ..modeling.policy import CMIL_OUTPUTS, STRATEGIES, DecisionTimes, PolicyParams
 from ..modeling.runtime import TieredModel
 from ..modeling.timing import measure_decision_times
@@ -107,10 +107,20 @@ def _hide_types(x: np.ndarray, spec: FeatureSpec, groups: np.ndarray, seed: int)
     return x
 
 
+def seen_types(train: Split) -> list[str]:
+    """The payload types the model is trained on, plus ``other`` for every type it has not seen.
+
+    A type outside this list (a family held out, a new workload) is encoded as ``other``, the input
+    the type dropout trained, never as a one-hot column whose weights no gradient ever reached.
+    """
+    present = set(np.asarray(train.cols["f_payload_type"], dtype=object).tolist())
+    return [t for t in PAYLOAD_TYPES if t in present and t != "other"] + ["other"]
+
+
 def _classifier_data(
-    split: Split, tier: str, *, hide: int | None = None
+    split: Split, tier: str, types: list[str], *, hide: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureSpec]:
-    spec = FeatureSpec(tier, with_link=True)
+    spec = FeatureSpec(tier, payload_types=types, with_link=True)
     x = spec.matrix(split.cols)
     if hide is not None:
         x = _hide_types(x, spec, split.cols["payload_group_id"], hide)
@@ -118,9 +128,9 @@ def _classifier_data(
 
 
 def _cmil_data(
-    split: Split, tier: str, *, hide: int | None = None
+    split: Split, tier: str, types: list[str], *, hide: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureSpec]:
-    spec = FeatureSpec(tier, with_link=False)
+    spec = FeatureSpec(tier, payload_types=types, with_link=False)
     rows = split.payload_rows()
     y, mask = split.cmil_targets(rows)
     sub = split.take(rows)
@@ -146,8 +156,9 @@ def _search_mlp(
     def objective(trial: optuna.Trial) -> float:
         cfg = MlpConfig(
             lr=trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-            dropout=trial.suggest_float("dropout", 0.0, 0.3),
-            batch_size=trial.suggest_categorical("batch_size", [128, 256, 512, 1024]),
+            # a regressor whose outputs are priced exactly wants little dropout noise; a classifier more
+            dropout=trial.suggest_float("dropout", 0.0, 0.1 if base.loss == "mse" else 0.3),
+            batch_size=trial.suggest_categorical("batch_size", [256, 512, 1024]),
             max_epochs=base.max_epochs,
             patience=base.patience,
             loss=base.loss,
@@ -197,6 +208,7 @@ def _fit_candidate(
     name: str, train: Split, val: Split, config: TrainConfig, log_dir: Path | None, progress: Progress
 ) -> Candidate:
     t0 = time.perf_counter()
+    types = seen_types(train)
     tiers: dict[str, TierModel] = {}
     curves: dict[str, list[dict[str, float]]] = {}
     hyper: dict[str, Any] = {}
@@ -204,8 +216,8 @@ def _fit_candidate(
     if name == "clf-lgbm":
         cfg: GbmConfig | None = None
         for tier in TIERS:
-            xt, yt, _, spec = _classifier_data(train, tier, hide=config.seed)
-            xv, yv, _, _ = _classifier_data(val, tier)
+            xt, yt, _, spec = _classifier_data(train, tier, types, hide=config.seed)
+            xv, yv, _, _ = _classifier_data(val, tier, types)
             if cfg is None:
                 progress(f"{name}: searching {config.trials} configurations", 0.0)
                 cfg = _search_gbm((xt, yt, xv, yv), spec.names, config.trials, config.seed)
@@ -224,13 +236,13 @@ def _fit_candidate(
     loss = {"cmil-mlp": "mse", "clf-mlp-ce": "ce", "clf-mlp-cost": "cost"}[name]
     for tier in TIERS:
         if kind == CMIL:
-            xt, yt, mt, spec = _cmil_data(train, tier, hide=config.seed)
-            xv, yv, mv, _ = _cmil_data(val, tier)
+            xt, yt, mt, spec = _cmil_data(train, tier, types, hide=config.seed)
+            xv, yv, mv, _ = _cmil_data(val, tier, types)
             regrets: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
             outputs = list(CMIL_OUTPUTS)
         else:
-            xt, yt, mt, spec = _classifier_data(train, tier, hide=config.seed)
-            xv, yv, mv, _ = _classifier_data(val, tier)
+            xt, yt, mt, spec = _classifier_data(train, tier, types, hide=config.seed)
+            xv, yv, mv, _ = _classifier_data(val, tier, types)
             regrets = (_regret_matrix(train), _regret_matrix(val)) if loss == "cost" else (None, None)
             outputs = list(STRATEGIES)
         if mcfg is None:
@@ -328,11 +340,12 @@ def _cross_validate(
 
 def _refit(cand: Candidate, train: Split, val: Split, config: TrainConfig) -> Candidate:
     """Fit the candidate's architecture with its already chosen hyper-parameters (no search)."""
+    types = seen_types(train)
     tiers: dict[str, TierModel] = {}
     for tier in TIERS:
         if cand.family == "lgbm":
-            xt, yt, _, spec = _classifier_data(train, tier, hide=config.seed)
-            xv, yv, _, _ = _classifier_data(val, tier)
+            xt, yt, _, spec = _classifier_data(train, tier, types, hide=config.seed)
+            xv, yv, _, _ = _classifier_data(val, tier, types)
             result = fit_gbm(
                 xt, yt, xv, yv, GbmConfig(**cand.hyper), names=spec.names, n_classes=len(STRATEGIES)
             )
@@ -340,13 +353,13 @@ def _refit(cand: Candidate, train: Split, val: Split, config: TrainConfig) -> Ca
             continue
         cfg = MlpConfig(**cand.hyper)
         if cand.kind == CMIL:
-            xt, yt, mt, spec = _cmil_data(train, tier, hide=config.seed)
-            xv, yv, mv, _ = _cmil_data(val, tier)
+            xt, yt, mt, spec = _cmil_data(train, tier, types, hide=config.seed)
+            xv, yv, mv, _ = _cmil_data(val, tier, types)
             rt = rv = None
             outputs = list(CMIL_OUTPUTS)
         else:
-            xt, yt, mt, spec = _classifier_data(train, tier, hide=config.seed)
-            xv, yv, mv, _ = _classifier_data(val, tier)
+            xt, yt, mt, spec = _classifier_data(train, tier, types, hide=config.seed)
+            xv, yv, mv, _ = _classifier_data(val, tier, types)
             rt, rv = (_regret_matrix(train), _regret_matrix(val)) if cfg.loss == "cost" else (None, None)
             outputs = list(STRATEGIES)
         net = fit_mlp(xt, yt, mt, xv, yv, mv, cfg, regret_train=rt, regret_val=rv)
