@@ -204,3 +204,27 @@ def test_the_rule_heuristic_is_one_definition(dataset: Path) -> None:
             link,
         )
         assert STRATEGIES[vector[i]] == rule, i
+
+
+def test_calibrate_retimes_and_refits_on_this_host(
+    trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from dwcp_selector.training.pipeline import calibrate
+
+    copy = tmp_path / "model"
+    shutil.copytree(trained[0], copy)
+    summary = calibrate(copy, dataset, timing_calls=30)
+    artifact = load_artifact(copy)
+    assert artifact.times.to_dict() == summary["decision_times"]
+    assert artifact.times.fast_s < artifact.times.light_s < artifact.times.rich_s
+    assert "before" in summary["calibrated"] and summary["metrics"]["test"]["rows"] > 0
+    other = tmp_path / "other-data"
+    shutil.copytree(dataset, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "test.parquet").unlink()
+    del manifest["files"]["test.parquet"]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="not the dataset"):
+        calibrate(copy, other)

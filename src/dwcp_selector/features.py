@@ -143,8 +143,8 @@ def basic_features(payload: BytesLike, baseline: BytesLike | None = None) -> Bas
         offsets = _page_offsets(common, _SIM_PAGES)
         if offsets:
             same = 0
-            for o in offsets:
-                if data[o : o + PAGE] == base[o : o + PAGE]:
+            for o in offsets:  # startswith at an offset: one page copied, not two
+                if base.startswith(data[o : o + PAGE], o):
                     same += 1
             similarity = same / len(offsets)
         else:

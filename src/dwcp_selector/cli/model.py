@@ -14,7 +14,7 @@ from ..link import SystemState, link_from_class
 from ._app import cli, emit, stdout
 from .codec import _FILE, _baseline, _mapped, link_options
 
-__all__ = ["evaluate_cmd", "select_cmd", "train_cmd"]
+__all__ = ["calibrate_cmd", "evaluate_cmd", "select_cmd", "train_cmd"]
 
 _KEYS = (
     "accuracy",
@@ -96,6 +96,36 @@ def train_cmd(
         )
 
     emit(as_json, summary, human)
+
+
+@cli.command("calibrate")
+@click.option(
+    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--calls", type=click.IntRange(min=20), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def calibrate_cmd(model_dir: Path, data_dir: Path, calls: int, as_json: bool) -> None:
+    """Re-time a model's decisions on this host and refit its fast-path and rich-tier policy."""
+    from ..training.pipeline import calibrate
+
+    summary = calibrate(model_dir, data_dir, timing_calls=calls)
+    doc = {k: summary[k] for k in ("decision_times", "policy", "calibrated")}
+    doc["test"] = {k: summary["metrics"].get("test", {}).get(k) for k in _KEYS}
+
+    def human() -> None:
+        before = summary["calibrated"]["before"]
+        for name, now in (("decision times", summary["decision_times"]), ("policy", summary["policy"])):
+            was = before["times" if name == "decision times" else "policy"]
+            stdout.print(f"{name}: " + ", ".join(f"{k} {was[k]:.3g} → {v:.3g}" for k, v in now.items()))
+        test = doc["test"]
+        stdout.print(
+            f"test: near-optimal {_pct(test['near_optimal_rate'])}, mean regret {_pct(test['regret_mean'])}"
+        )
+
+    emit(as_json, doc, human)
 
 
 @cli.command("evaluate")

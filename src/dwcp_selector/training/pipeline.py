@@ -43,7 +43,7 @@ from .gbm import GbmConfig, fit_gbm, shap_importance
 from .mlp import MlpConfig, fit_mlp
 from .policy_eval import fit_policy, fit_temperature, model_outputs, policy_decisions
 
-__all__ = ["CANDIDATES", "TrainConfig", "train"]
+__all__ = ["CANDIDATES", "TrainConfig", "calibrate", "train"]
 
 CANDIDATES = ("cmil-mlp", "clf-mlp-ce", "clf-mlp-cost", "clf-lgbm")
 TIERS = (LIGHT, RICH)
@@ -501,6 +501,71 @@ def train(
     except ImportError:  # pragma: no cover - matplotlib comes with the train extra
         pass
     say("done", 1.0)
+    return summary
+
+
+def calibrate(
+    model_dir: str | Path, data_dir: str | Path, *, timing_calls: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """Re-time a trained model's decisions on this host and refit its policy on the validation split.
+
+    Decision times are a property of the host (DESIGN section 5a): a model moved to other hardware, or
+    run by a faster decision path, gets its fast-path and rich-tier thresholds refitted here without
+    retraining. The manifest, ``training.json``, the model card and the report are rewritten.
+    """
+    from ..modeling.artifact import load_artifact
+    from .policy_eval import evaluate_artifact
+
+    out = Path(model_dir)
+    artifact = load_artifact(out)
+    splits, fingerprint, _ = load_dataset(data_dir)
+    if fingerprint != artifact.data_fingerprint:
+        raise ConfigError(
+            f"{data_dir} is not the dataset {out} was trained on (fingerprint {fingerprint}, "
+            f"model's {artifact.data_fingerprint})"
+        )
+    cm = CostModel(artifact.cost_params)
+    model = TieredModel(artifact)
+    before = {"times": artifact.times.to_dict(), "policy": artifact.policy.to_dict()}
+    artifact.times = measure_decision_times(Decider(model, cm), calls=timing_calls, seed=seed)
+    outputs, _ = model_outputs(model, splits["val"], cm)
+    artifact.policy, _ = fit_policy(outputs, splits["val"], artifact.times, cm)
+    reports = {name: evaluate_artifact(artifact, split, cm) for name, split in splits.items()}
+    metrics: dict[str, Any] = {name: _summary(r) for name, r in reports.items()}
+    metrics["train_val_gap_points"] = (
+        reports["train"]["near_optimal_rate"] - reports["val"]["near_optimal_rate"]
+    ) * 100
+    artifact.metrics = metrics
+    save_artifact(artifact, out)
+    summary_path = out / "training.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update(
+        decision_times=artifact.times.to_dict(),
+        policy=artifact.policy.to_dict(),
+        metrics=metrics,
+        calibrated={"before": before, "library_version": __version__},
+    )
+    summary.setdefault("chosen", artifact.extra.get("candidate"))
+    summary.setdefault("candidates", [])
+    summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(summary, artifact))
+    try:
+        from .report import write_report
+
+        test_name = "test" if "test" in splits else "val"
+        full = evaluate_artifact(artifact, splits[test_name], cm, with_arrays=True)
+        write_report(
+            full,
+            out / "report.html",
+            title=f"dwcp-selector model ({artifact.extra.get('candidate')}) on the {test_name} split",
+            extra={
+                "shap": summary.get("shap", {}),
+                "candidates": summary.get("candidates", []),
+                "cv": summary.get("cv", []),
+            },
+        )
+    except ImportError:  # pragma: no cover - matplotlib comes with the train extra
+        pass
     return summary
 
 

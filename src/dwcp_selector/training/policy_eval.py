@@ -32,8 +32,8 @@ from .evaluation import evaluate_choices
 
 __all__ = ["ModelOutputs", "fit_policy", "fit_temperature", "model_outputs", "policy_decisions"]
 
-FAST_FACTORS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
-RICH_FACTORS = (10.0, 30.0, 100.0, 300.0, 1000.0, float("inf"))
+FAST_FACTORS = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+RICH_FACTORS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, float("inf"))
 
 
 def transmit_array(split: Split, cost_model: CostModel) -> np.ndarray:
