@@ -37,8 +37,7 @@ from dwcp_selector.features import basic_features, rich_features
 from dwcp_selector.link import LinkState, SystemState
 from dwcp_selector.modeling.artifact import load_artifact
 from dwcp_selector.modeling.baselines import heuristic_decide, probe_decide
-from dwcp_selector.modeling.decide import Decider
-from dwcp_selector.modeling.featurize import link_vector, payload_vector
+from dwcp_selector.modeling.decide import Decider, decision_vector
 from dwcp_selector.modeling.policy import FAST, LIGHT, RICH
 from dwcp_selector.modeling.runtime import OnnxTier, TieredModel
 from dwcp_selector.modeling.timing import timing_payloads
@@ -67,38 +66,7 @@ def vector(
 ) -> list[float]:
     basic = basic_features(payload, baseline)
     rich = rich_features(payload, baseline) if tier == RICH else None
-    v = payload_vector(
-        tier,
-        len(payload),
-        ptype,
-        baseline_bytes=basic.baseline_bytes if basic.has_baseline else None,
-        entropy=basic.entropy,
-        zero_fraction=basic.zero_fraction,
-        text_fraction=basic.text_fraction,
-        similarity_pages=basic.similarity_pages,
-        prev={},
-        probe_lz4=rich.probe_lz4_ratio if rich else None,
-        probe_zstd=rich.probe_zstd_ratio if rich else None,
-        zero_pages=rich.zero_page_fraction if rich else None,
-        similarity_inplace=rich.similarity_inplace if rich else None,
-        similarity_shifted=rich.similarity_shifted if rich else None,
-        types=spec.payload_types,
-    )
-    if spec.with_link:
-        v += link_vector(
-            len(payload),
-            LINK.capacity_bps,
-            LINK.utilization,
-            LINK.rtt_s,
-            LINK.jitter_s,
-            LINK.loss,
-            SYSTEM.free_cores,
-            SYSTEM.active_transfers,
-            LINK.link_type,
-            cm,
-            spec.link_types,
-        )
-    return v
+    return decision_vector(spec, len(payload), ptype, basic, rich, LINK, SYSTEM, cm, {})
 
 
 def time_tier(

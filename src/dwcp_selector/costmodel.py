@@ -190,6 +190,19 @@ class CostModel:
         return [s for s in self.params.strategy_order if s in names]
 
     # -- array path: re-pricing one measured payload under many link/CPU draws -------------------
+    def rates_array(
+        self, capacity_bps: FloatArray, utilization: FloatArray, rtt_s: FloatArray, loss: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Available bandwidth, per-stream rate, AMST streams and effective rate, element-wise."""
+        p = self.params
+        window_rate = 8.0 * p.window_cap_bytes / rtt_s
+        with np.errstate(divide="ignore"):
+            mathis = np.where(loss > 0, 8.0 * p.mss_bytes * MATHIS_C / (rtt_s * np.sqrt(loss)), np.inf)
+        per_stream = np.minimum(window_rate, mathis)
+        available = capacity_bps * (1.0 - utilization)
+        streams = np.clip(np.ceil(available / per_stream), 1, p.max_streams)
+        return available, per_stream, streams, np.minimum(available, streams * per_stream)
+
     def transfer_time_array(
         self,
         payload_bytes: FloatArray,
@@ -204,13 +217,7 @@ class CostModel:
     ) -> FloatArray:
         """The same formula as :meth:`transfer_time`, element-wise over numpy arrays."""
         p = self.params
-        window_rate = 8.0 * p.window_cap_bytes / rtt_s
-        with np.errstate(divide="ignore"):
-            mathis = np.where(loss > 0, 8.0 * p.mss_bytes * MATHIS_C / (rtt_s * np.sqrt(loss)), np.inf)
-        r = np.minimum(window_rate, mathis)
-        avail = capacity_bps * (1.0 - utilization)
-        n = np.clip(np.ceil(avail / r), 1, p.max_streams)
-        rate = np.minimum(avail, n * r)
+        rate = self.rates_array(capacity_bps, utilization, rtt_s, loss)[3]
         m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
         k = np.minimum(free_cores, m)
         enc = encode_s / k

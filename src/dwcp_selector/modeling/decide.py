@@ -16,11 +16,11 @@ from ..costmodel import CostModel, Oracle
 from ..features import BasicFeatures, RichFeatures, basic_features, rich_features
 from ..link import LinkState, SystemState
 from .artifact import CMIL
-from .featurize import link_vector, payload_vector
+from .featurize import FeatureSpec, link_vector, payload_vector
 from .policy import FAST, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar, tier_scalar
 from .runtime import TieredModel
 
-__all__ = ["Decider", "Decision"]
+__all__ = ["Decider", "Decision", "decision_vector"]
 
 
 @dataclass
@@ -76,6 +76,52 @@ class Decision:
         }
 
 
+def decision_vector(
+    spec: FeatureSpec,
+    size: int,
+    payload_type: str,
+    basic: BasicFeatures,
+    rich: RichFeatures | None,
+    link: LinkState,
+    system: SystemState,
+    cost_model: CostModel,
+    history: Mapping[str, float | None],
+) -> list[float]:
+    """The model input of one decision: the payload part, and the link part when the spec has one."""
+    vec = payload_vector(
+        spec.tier,
+        size,
+        payload_type,
+        baseline_bytes=basic.baseline_bytes if basic.has_baseline else None,
+        entropy=basic.entropy,
+        zero_fraction=basic.zero_fraction,
+        text_fraction=basic.text_fraction,
+        similarity_pages=basic.similarity_pages,
+        prev=history,
+        probe_lz4=rich.probe_lz4_ratio if rich else None,
+        probe_zstd=rich.probe_zstd_ratio if rich else None,
+        zero_pages=rich.zero_page_fraction if rich else None,
+        similarity_inplace=rich.similarity_inplace if rich else None,
+        similarity_shifted=rich.similarity_shifted if rich else None,
+        types=spec.payload_types,
+    )
+    if spec.with_link:
+        vec += link_vector(
+            size,
+            link.capacity_bps,
+            link.utilization,
+            link.rtt_s,
+            link.jitter_s,
+            link.loss,
+            system.free_cores,
+            system.active_transfers,
+            link.link_type,
+            cost_model,
+            spec.link_types,
+        )
+    return vec
+
+
 class Decider:
     """Decides with a trained model under the artifact's policy (no cache; see ``serving``)."""
 
@@ -107,38 +153,9 @@ class Decider:
         basic = basic_features(payload, baseline)
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
         tm = self.model[chosen_tier]
-        spec = tm.spec
-        vec = payload_vector(
-            chosen_tier,
-            size,
-            payload_type,
-            baseline_bytes=basic.baseline_bytes if basic.has_baseline else None,
-            entropy=basic.entropy,
-            zero_fraction=basic.zero_fraction,
-            text_fraction=basic.text_fraction,
-            similarity_pages=basic.similarity_pages,
-            prev=history or {},
-            probe_lz4=rich.probe_lz4_ratio if rich else None,
-            probe_zstd=rich.probe_zstd_ratio if rich else None,
-            zero_pages=rich.zero_page_fraction if rich else None,
-            similarity_inplace=rich.similarity_inplace if rich else None,
-            similarity_shifted=rich.similarity_shifted if rich else None,
-            types=spec.payload_types,
+        vec = decision_vector(
+            tm.spec, size, payload_type, basic, rich, link, system, self.cost_model, history or {}
         )
-        if spec.with_link:
-            vec += link_vector(
-                size,
-                link.capacity_bps,
-                link.utilization,
-                link.rtt_s,
-                link.jitter_s,
-                link.loss,
-                system.free_cores,
-                system.active_transfers,
-                link.link_type,
-                self.cost_model,
-                spec.link_types,
-            )
         out = tm.predict_one(vec)
         costs: dict[str, float] = {}
         if self.artifact.kind == CMIL:

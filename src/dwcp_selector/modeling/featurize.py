@@ -272,18 +272,12 @@ class FeatureSpec:
     def _link_columns(
         self, cols: Mapping[str, np.ndarray], size: np.ndarray, cm: CostModel
     ) -> list[np.ndarray]:
-        p = cm.params
         cap = cols["f_capacity_bps"].astype(np.float64)
         util = cols["f_utilization"].astype(np.float64)
         rtt = cols["f_rtt_s"].astype(np.float64)
         loss = cols["f_loss"].astype(np.float64)
-        available = cap * (1.0 - util)
-        window = 8.0 * p.window_cap_bytes / rtt
-        with np.errstate(divide="ignore"):
-            mathis = np.where(loss > 0, 8.0 * p.mss_bytes * 1.22 / (rtt * np.sqrt(loss)), np.inf)
-        rate = np.minimum(window, mathis)
-        streams = np.clip(np.ceil(available / rate), 1, p.max_streams)
-        transmit = 8.0 * size / np.minimum(available, streams * rate)
+        available, rate, streams, effective = cm.rates_array(cap, util, rtt, loss)
+        transmit = 8.0 * size / effective
         ltype = np.asarray(cols["f_link_type"], dtype=object)
         return [
             np.log10(cap),

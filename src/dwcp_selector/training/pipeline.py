@@ -477,31 +477,49 @@ def train(
         "seconds": round(time.perf_counter() - t0, 1),
         "library_version": __version__,
     }
-    (out / "training.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(summary, artifact))
     curves = {k: v for c in candidates for k, v in c.curves.items()}
-    try:
-        from .policy_eval import evaluate_artifact as _ev
-        from .report import write_report
-
-        test_name = "test" if "test" in splits else "val"
-        full = _ev(artifact, splits[test_name], cm, with_arrays=True)
-        write_report(
-            full,
-            out / "report.html",
-            title=f"dwcp-selector model ({best.name}) on the {test_name} split",
-            extra={
-                "learning_curves": curves,
-                "shap": shap,
-                "candidates": summary["candidates"],
-                "cv": cv,
-                "summary": {"chosen": best.name, "train-val gap (points)": round(gap, 2)},
-            },
-        )
-    except ImportError:  # pragma: no cover - matplotlib comes with the train extra
-        pass
+    _write_outputs(
+        out,
+        artifact,
+        summary,
+        splits,
+        cm,
+        {
+            "learning_curves": curves,
+            "shap": shap,
+            "candidates": summary["candidates"],
+            "cv": cv,
+            "summary": {"chosen": best.name, "train-val gap (points)": round(gap, 2)},
+        },
+    )
     say("done", 1.0)
     return summary
+
+
+def _write_outputs(
+    out: Path,
+    artifact: ModelArtifact,
+    summary: dict[str, Any],
+    splits: dict[str, Split],
+    cm: CostModel,
+    extra: dict[str, Any],
+) -> None:
+    """``training.json``, the model card and the HTML report (on the test split, else validation)."""
+    from .policy_eval import evaluate_artifact
+
+    (out / "training.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(summary, artifact))
+    try:
+        from .report import write_report
+    except ImportError:  # pragma: no cover - matplotlib comes with the train extra
+        return
+    name = "test" if "test" in splits else "val"
+    write_report(
+        evaluate_artifact(artifact, splits[name], cm, with_arrays=True),
+        out / "report.html",
+        title=f"dwcp-selector model ({artifact.extra.get('candidate')}) on the {name} split",
+        extra=extra,
+    )
 
 
 def calibrate(
@@ -547,25 +565,8 @@ def calibrate(
     )
     summary.setdefault("chosen", artifact.extra.get("candidate"))
     summary.setdefault("candidates", [])
-    summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(summary, artifact))
-    try:
-        from .report import write_report
-
-        test_name = "test" if "test" in splits else "val"
-        full = evaluate_artifact(artifact, splits[test_name], cm, with_arrays=True)
-        write_report(
-            full,
-            out / "report.html",
-            title=f"dwcp-selector model ({artifact.extra.get('candidate')}) on the {test_name} split",
-            extra={
-                "shap": summary.get("shap", {}),
-                "candidates": summary.get("candidates", []),
-                "cv": summary.get("cv", []),
-            },
-        )
-    except ImportError:  # pragma: no cover - matplotlib comes with the train extra
-        pass
+    extra = {k: summary.get(k) or [] for k in ("candidates", "cv")} | {"shap": summary.get("shap", {})}
+    _write_outputs(out, artifact, summary, splits, cm, extra)
     return summary
 
 

@@ -37,18 +37,13 @@ RICH_FACTORS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, float("inf"))
 
 
 def transmit_array(split: Split, cost_model: CostModel) -> np.ndarray:
-    p = cost_model.params
+    """Seconds to push each record's unencoded payload through its AMST streams (no RTT)."""
     c = split.cols
     cap, util, rtt, loss = (
         c[k].astype(np.float64) for k in ("f_capacity_bps", "f_utilization", "f_rtt_s", "f_loss")
     )
-    available = cap * (1 - util)
-    window = 8.0 * p.window_cap_bytes / rtt
-    with np.errstate(divide="ignore"):
-        mathis = np.where(loss > 0, 8.0 * p.mss_bytes * 1.22 / (rtt * np.sqrt(loss)), np.inf)
-    rate = np.minimum(window, mathis)
-    streams = np.clip(np.ceil(available / rate), 1, p.max_streams)
-    out: np.ndarray = 8.0 * c["f_payload_bytes"].astype(np.float64) / np.minimum(available, streams * rate)
+    effective = cost_model.rates_array(cap, util, rtt, loss)[3]
+    out: np.ndarray = 8.0 * c["f_payload_bytes"].astype(np.float64) / effective
     return out
 
 
