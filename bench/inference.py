@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,11 @@ def main() -> None:
         for name in runs[0]
     }
     artifact = load_artifact(args.model)
+    # how fast this host runs plain Python right now: decision latencies scale with it
+    reference = min(timeit.repeat("sum(range(1000))", number=20000, repeat=5)) / 20000 * 1e6
     doc = {
         "machine": machine(),
+        "python_reference_us": {"sum(range(1000))": reference},
         "model": {
             "kind": artifact.kind,
             "family": artifact.family,
@@ -190,6 +194,7 @@ def main() -> None:
     for name, r in rows.items():
         table.add_row(name, f"{r['p50_us']:,.2f}", f"{r['p99_us']:,.2f}")
     Console().print(table)
+    print(f"host reference: sum(range(1000)) takes {reference:.1f} µs here")
     print(f"wrote {write('inference', doc)}")
 
 

@@ -183,6 +183,15 @@ def inference_section(doc: dict[str, Any]) -> list[str]:
         f"Model: {m['candidate']} ({m['kind']}, {m['family']}), {m['size_bytes']:,} bytes of ONNX. One thread;",
         f"p50/p99 of {doc['calls']:,} calls per row (fewer for the costly rows), median of {doc['repeats']} runs.",
         "",
+    ]
+    ref = doc.get("python_reference_us", {}).get("sum(range(1000))")
+    if ref is not None:
+        lines += [
+            f"Host speed at the time: `sum(range(1000))` took {ref:.1f} µs; "
+            "decision latencies scale with it.",
+            "",
+        ]
+    lines += [
         "| what | p50 µs | p99 µs |",
         "|---|---:|---:|",
     ]

@@ -140,10 +140,23 @@ class CostModel:
         return max(1, min(self.params.max_streams, n))
 
     def effective_bps(self, link: LinkState) -> float:
-        """Rate the transfer actually gets: min(available bandwidth, streams × per-stream rate)."""
-        r = self.per_stream_bps(link)
-        n = max(1, min(self.params.max_streams, math.ceil(link.available_bps / r)))
-        return min(link.available_bps, n * r)
+        """Rate the transfer actually gets: min(available bandwidth, streams × per-stream rate).
+
+        Written out flat (it is the first step of every decision, fast path included): the same
+        arithmetic as :meth:`per_stream_bps` and :meth:`streams`, in about half a microsecond.
+        """
+        p = self.params
+        rtt = link.rtt_s
+        r = 8.0 * p.window_cap_bytes / rtt
+        if link.loss > 0:
+            mathis = 8.0 * p.mss_bytes * MATHIS_C / (rtt * math.sqrt(link.loss))
+            if mathis < r:
+                r = mathis
+        available = link.capacity_bps * (1.0 - link.utilization)
+        n = math.ceil(available / r)
+        n = 1 if n < 1 else (p.max_streams if n > p.max_streams else n)
+        rate = n * r
+        return available if available < rate else rate
 
     def chunks(self, payload_bytes: int) -> int:
         return max(1, -(-payload_bytes // self.params.chunk_size))

@@ -7,8 +7,8 @@ so the decision time a model is evaluated with is the time this code takes.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._types import BytesLike
@@ -17,21 +17,40 @@ from ..features import BasicFeatures, RichFeatures, basic_features, rich_feature
 from ..link import LinkState, SystemState
 from .artifact import CMIL
 from .featurize import FeatureSpec, link_vector, payload_vector
-from .policy import FAST, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar, tier_scalar
+from .policy import FAST, LIGHT, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar
 from .runtime import TieredModel
 
 __all__ = ["Decider", "Decision", "decision_vector"]
 
 
-@dataclass
+class _NoValues(Mapping[str, float]):
+    """An empty, immutable, hashable mapping: the default of a fast-path decision (allocates nothing)."""
+
+    def __getitem__(self, key: str) -> float:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __hash__(self) -> int:
+        return 0
+
+
+_EMPTY: Mapping[str, float] = _NoValues()
+
+
+@dataclass(slots=True)
 class Decision:
     """A strategy for one transfer, why, and what it cost to decide."""
 
     strategy: str
     confidence: float
     tier: str
-    probabilities: dict[str, float] = field(default_factory=dict)
-    predicted_costs: dict[str, float] = field(default_factory=dict)
+    probabilities: Mapping[str, float] = _EMPTY  # shared and read-only: the fast path allocates nothing
+    predicted_costs: Mapping[str, float] = _EMPTY
     basic: BasicFeatures | None = None
     rich: RichFeatures | None = None
     latency_s: float = 0.0
@@ -68,8 +87,8 @@ class Decision:
             "strategy": self.strategy,
             "confidence": self.confidence,
             "tier": self.tier,
-            "probabilities": self.probabilities,
-            "predicted_costs": self.predicted_costs,
+            "probabilities": dict(self.probabilities),
+            "predicted_costs": dict(self.predicted_costs),
             "features": self.features,
             "latency_s": self.latency_s,
             "cached": self.cached,
@@ -130,9 +149,16 @@ class Decider:
         self.artifact = model.artifact
         self.cost_model = cost_model or CostModel(self.artifact.cost_params)
         self.oracle = Oracle(self.cost_model)
+        times, policy = self.artifact.times, self.artifact.policy
+        self._fast_limit = policy.fast_factor * times.light_s
+        self._rich_limit = policy.rich_factor * times.rich_s
 
     def tier(self, size: int, link: LinkState) -> str:
-        return tier_scalar(size, link, self.artifact.times, self.artifact.policy, self.cost_model)
+        """The tier of a transfer (``tier_scalar`` with the artifact's thresholds folded in)."""
+        transmit = 8.0 * size / self.cost_model.effective_bps(link)
+        if transmit < self._fast_limit:
+            return FAST
+        return RICH if transmit >= self._rich_limit else LIGHT
 
     def decide(
         self,

@@ -32,8 +32,18 @@ def timing_payloads(seed: int = 0) -> list[tuple[bytes, bytes | None, str]]:
     return out
 
 
+#: Rounds of timing per tier: the result is the least of the rounds' medians.
+ROUNDS = 5
+
+
 def measure_decision_times(decider: Decider, *, calls: int = 200, seed: int = 0) -> DecisionTimes:
-    """Median seconds of a decision in each tier (fast path, light, rich) on ``timing_payloads``."""
+    """Seconds of a decision in each tier (fast path, light, rich) on ``timing_payloads``.
+
+    ``calls`` decisions per tier in ``ROUNDS`` rounds; each round's median, and the least of those. On a
+    shared host the speed drifts from one second to the next (consecutive medians of 600 calls here
+    differed by 70 %); the least round is the host's own speed, the same convention as the codec timings
+    the labels are priced with (``measure.measure_strategy`` keeps the least of its runs).
+    """
     link = LinkState(capacity_bps=10e9, rtt_s=0.002, loss=1e-6, utilization=0.3, link_type="metro")
     system = SystemState(free_cores=4)
     payloads = timing_payloads(seed)
@@ -42,11 +52,18 @@ def measure_decision_times(decider: Decider, *, calls: int = 200, seed: int = 0)
         if tier != FAST and tier not in decider.model.tiers:
             result[tier] = float("inf")
             continue
-        samples = []
-        for i in range(calls):
-            payload, baseline, ptype = payloads[i % len(payloads)]
-            t0 = time.perf_counter()
+        for i in range(len(payloads)):  # warm caches and lazy initialisation up
+            payload, baseline, ptype = payloads[i]
             decider.decide(payload, link, system, baseline=baseline, payload_type=ptype, tier=tier)
-            samples.append(time.perf_counter() - t0)
-        result[tier] = statistics.median(samples[calls // 10 :])  # the first calls warm caches up
+        per_round = max(calls // ROUNDS, len(payloads))
+        medians = []
+        for _ in range(ROUNDS):
+            samples = []
+            for i in range(per_round):
+                payload, baseline, ptype = payloads[i % len(payloads)]
+                t0 = time.perf_counter()
+                decider.decide(payload, link, system, baseline=baseline, payload_type=ptype, tier=tier)
+                samples.append(time.perf_counter() - t0)
+            medians.append(statistics.median(samples))
+        result[tier] = min(medians)
     return DecisionTimes(fast_s=result[FAST], light_s=result[LIGHT], rich_s=result[RICH])
