@@ -213,38 +213,23 @@ def _staging(samples: int, seed: int, workers: int, out_dir: Path, as_json: bool
 
 def _model(out_dir: Path, seed: int, trials: int, as_json: bool) -> dict[str, Any]:
     """Export the demo store, train on it, evaluate on its test split, print the standings."""
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    import shutil
 
     from ..dataset.export import export_dataset
     from ..telemetry.store import open_store
-    from ..training.data import load_dataset
-    from ..training.pipeline import TrainConfig, train
-    from ..training.policy_eval import evaluate_artifact
-    from ..training.report import write_report
+    from ..training.pipeline import TrainConfig
+    from .model import train_with_progress
 
     data_dir = out_dir / "dataset"
     model_dir = out_dir / "model"
     with open_store(f"sqlite:///{out_dir / 'telemetry.db'}") as store:
         exported = export_dataset(store.read_table(), data_dir, source="demo staging", csv=False)
     config = TrainConfig(trials=trials, folds=0, max_epochs=80, seed=seed, timing_calls=100)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), disable=as_json
-    ) as progress:
-        task = progress.add_task("training", total=1.0)
-        summary = train(
-            data_dir,
-            model_dir,
-            config,
-            progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
-        )
-    from ..modeling.artifact import load_artifact
-
-    artifact = load_artifact(model_dir)
-    splits, _, _ = load_dataset(data_dir)
-    report = evaluate_artifact(artifact, splits["test"], with_arrays=True)
+    summary = train_with_progress(data_dir, model_dir, config, show=not as_json)
+    # training evaluated the test split and drew its report: show those, do not evaluate again
+    report = summary["metrics"]["test"]
     html = out_dir / "report.html"
-    write_report(report, html, title="dwcp-selector demo model on its test split")
-    report.pop("_arrays", None)
+    shutil.copyfile(model_dir / "report.html", html)
     standings = [
         {
             "policy": f"model ({summary['chosen']})",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -14,7 +14,16 @@ from ..link import SystemState, link_from_class
 from ._app import cli, emit, stdout
 from .codec import _FILE, _baseline, _mapped, link_options
 
-__all__ = ["calibrate_cmd", "evaluate_cmd", "select_cmd", "train_cmd"]
+if TYPE_CHECKING:  # the training stack (torch, LightGBM) loads only when a command trains
+    from ..training.pipeline import TrainConfig
+
+__all__ = ["calibrate_cmd", "evaluate_cmd", "select_cmd", "train_cmd", "train_with_progress"]
+
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_MODEL_DIR = click.option(
+    "--model", "model_dir", required=True, type=_EXISTING_DIR, help="A model directory."
+)
+_DATA_DIR = click.option("--data", "data_dir", required=True, type=_EXISTING_DIR, help="An exported dataset.")
 
 _KEYS = (
     "accuracy",
@@ -34,10 +43,26 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{v:.2%}"
 
 
+def train_with_progress(data_dir: Path, out_dir: Path, config: TrainConfig, *, show: bool) -> dict[str, Any]:
+    """``training.pipeline.train`` with its stages on a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..training.pipeline import train
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), disable=not show
+    ) as bar:
+        task = bar.add_task("training", total=1.0)
+        return train(
+            data_dir,
+            out_dir,
+            config,
+            progress=lambda msg, frac: bar.update(task, description=msg, completed=frac),
+        )
+
+
 @cli.command("train")
-@click.option(
-    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@_DATA_DIR
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Optuna trials per candidate."
@@ -52,25 +77,11 @@ def train_cmd(
     data_dir: Path, out_dir: Path, trials: int, folds: int, candidates: str | None, seed: int, as_json: bool
 ) -> None:
     """Train every candidate on an exported dataset, keep the best by validation regret, export ONNX."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..training.pipeline import CANDIDATES, TrainConfig, train
+    from ..training.pipeline import CANDIDATES, TrainConfig
 
     chosen = tuple(c.strip() for c in candidates.split(",")) if candidates else CANDIDATES
     config = TrainConfig(trials=trials, folds=folds, candidates=chosen, seed=seed)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        disable=as_json or not sys.stderr.isatty(),
-    ) as progress:
-        task = progress.add_task("training", total=1.0)
-        summary = train(
-            data_dir,
-            out_dir,
-            config,
-            progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
-        )
+    summary = train_with_progress(data_dir, out_dir, config, show=not as_json and sys.stderr.isatty())
 
     def human() -> None:
         t = Table(title="candidates (validation)", title_justify="left")
@@ -99,12 +110,8 @@ def train_cmd(
 
 
 @cli.command("calibrate")
-@click.option(
-    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@click.option(
-    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@_MODEL_DIR
+@_DATA_DIR
 @click.option("--calls", type=click.IntRange(min=20), default=200, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def calibrate_cmd(model_dir: Path, data_dir: Path, calls: int, as_json: bool) -> None:
@@ -129,12 +136,8 @@ def calibrate_cmd(model_dir: Path, data_dir: Path, calls: int, as_json: bool) ->
 
 
 @cli.command("evaluate")
-@click.option(
-    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@click.option(
-    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@_MODEL_DIR
+@_DATA_DIR
 @click.option("--split", default="test", show_default=True, help="train, val, test or holdout.")
 @click.option(
     "--html", "html", type=click.Path(dir_okay=False, path_type=Path), help="Write the HTML report here."
@@ -191,9 +194,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, split: str, html: Path | None,
 @click.argument("file", type=_FILE)
 @click.option("--baseline", type=_FILE, help="Previous version of FILE (offers hde).")
 @link_options
-@click.option(
-    "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@_MODEL_DIR
 @click.option("--payload-type", default="other", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def select_cmd(

@@ -149,12 +149,10 @@ class Decider:
         self.artifact = model.artifact
         self.cost_model = cost_model or CostModel(self.artifact.cost_params)
         self.oracle = Oracle(self.cost_model)
-        times, policy = self.artifact.times, self.artifact.policy
-        self._fast_limit = policy.fast_factor * times.light_s
-        self._rich_limit = policy.rich_factor * times.rich_s
+        self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.artifact.times)
 
     def tier(self, size: int, link: LinkState) -> str:
-        """The tier of a transfer (``tier_scalar`` with the artifact's thresholds folded in)."""
+        """The tier of a transfer from its raw transmit time (``policy.tier_array`` for many)."""
         transmit = 8.0 * size / self.cost_model.effective_bps(link)
         if transmit < self._fast_limit:
             return FAST

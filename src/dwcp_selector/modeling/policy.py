@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
-from ..costmodel import DEFAULT_STRATEGY_ORDER, CostModel, Oracle, StrategyMeasurement
+from ..costmodel import DEFAULT_STRATEGY_ORDER, CostModel, StrategyMeasurement
 from ..link import LinkState, SystemState
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "cmil_costs_array",
     "cmil_costs_scalar",
     "tier_array",
-    "tier_scalar",
 ]
 
 FAST, LIGHT, RICH = "fast", "light", "rich"
@@ -71,27 +69,17 @@ class PolicyParams:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
-
-def transmit_s(size: int, link: LinkState, cost_model: CostModel) -> float:
-    """Seconds to push ``size`` unencoded bytes through the AMST streams of ``link`` (no RTT)."""
-    return 8.0 * size / cost_model.effective_bps(link)
-
-
-def tier_scalar(
-    size: int, link: LinkState, times: DecisionTimes, params: PolicyParams, cost_model: CostModel
-) -> str:
-    t = transmit_s(size, link, cost_model)
-    if t < params.fast_factor * times.light_s:
-        return FAST
-    if t >= params.rich_factor * times.rich_s:
-        return RICH
-    return LIGHT
+    def limits(self, times: DecisionTimes) -> tuple[float, float]:
+        """Transmit seconds below which a transfer takes the fast path, and from which the rich tier."""
+        return self.fast_factor * times.light_s, self.rich_factor * times.rich_s
 
 
 def tier_array(transmit: np.ndarray, times: DecisionTimes, params: PolicyParams) -> np.ndarray:
+    """The tier of every transfer from its transmit seconds (``Decider.tier`` decides one the same way)."""
+    fast, rich = params.limits(times)
     out = np.full(transmit.shape, LIGHT, dtype=object)
-    out[transmit < params.fast_factor * times.light_s] = FAST
-    out[transmit >= params.rich_factor * times.rich_s] = RICH
+    out[transmit < fast] = FAST
+    out[transmit >= rich] = RICH
     return out
 
 
@@ -142,11 +130,6 @@ def cmil_costs_scalar(
     return out
 
 
-def choose_from_costs(costs: np.ndarray, cost_model: CostModel) -> np.ndarray:
-    """The oracle's rule applied to predicted costs: cheapest, near-ties to the simpler strategy."""
-    return Oracle(cost_model).label_array(costs)
-
-
 def softmax_confidence(costs: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities ∝ cost^(−temperature) (0 where not offered): the cost model's confidence."""
     logc = np.log(np.where(np.isfinite(costs), costs, np.nan))
@@ -163,7 +146,3 @@ def confidence_scalar(costs: Mapping[str, float], temperature: float) -> dict[st
     w = {s: math.exp(-temperature * (math.log(c) - math.log(lo))) for s, c in costs.items()}
     total = sum(w.values())
     return {s: v / total for s, v in w.items()}
-
-
-def params_from(d: Mapping[str, Any]) -> tuple[DecisionTimes, PolicyParams]:
-    return DecisionTimes(**d["times"]), PolicyParams(**d["params"])

@@ -1,9 +1,10 @@
 """Staging collection: run every strategy for real on planned transfers and store labelled records.
 
 Each payload of the plan (``workload.staging``) is measured once, by a worker process: its decision-time
-features, then every offered strategy encoded and decoded for real (median of 5 under 1 MiB). The
-measurement is then priced under ``draws_per_payload`` link/node draws (re-pricing costs nothing), and
-each draw becomes one record with the whole cost vector and the oracle's label. Records of one payload
+features, then every offered strategy encoded and decoded for real (``measure.default_repeats``: the
+least of 25 runs under 64 KiB, of 5 under 1 MiB, one run above). The measurement is then priced
+under ``draws_per_payload`` link/node draws (re-pricing costs nothing), and each draw becomes one
+record with the whole cost vector and the oracle's label. Records of one payload
 share its ``payload_group_id`` and its session's ``session_id``, so a split can keep them together.
 
 Everything but the timings is a function of the seed: the plan, the bytes, the draws and the record ids

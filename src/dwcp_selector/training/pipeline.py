@@ -41,7 +41,7 @@ from .data import Split, load_dataset
 from .evaluation import evaluate_choices
 from .gbm import GbmConfig, fit_gbm, shap_importance
 from .mlp import MlpConfig, fit_mlp
-from .policy_eval import fit_policy, fit_temperature, model_outputs, policy_decisions
+from .policy_eval import evaluate_artifact, fit_policy, fit_temperature, model_outputs, policy_decisions
 
 __all__ = ["CANDIDATES", "TrainConfig", "calibrate", "train"]
 
@@ -204,68 +204,69 @@ def _search_gbm(data: tuple[np.ndarray, ...], names: list[str], trials: int, see
     return GbmConfig(**study.best_params, seed=seed)
 
 
+_LOSS = {"cmil-mlp": "mse", "clf-mlp-ce": "ce", "clf-mlp-cost": "cost", "clf-lgbm": "logloss"}
+
+
 def _fit_candidate(
-    name: str, train: Split, val: Split, config: TrainConfig, log_dir: Path | None, progress: Progress
+    name: str,
+    train: Split,
+    val: Split,
+    config: TrainConfig,
+    log_dir: Path | None,
+    progress: Progress,
+    *,
+    hyper: dict[str, Any] | None = None,
 ) -> Candidate:
+    """Fit both tiers of a candidate; its hyper-parameters are searched on the light tier unless given."""
     t0 = time.perf_counter()
     types = seen_types(train)
+    kind = CMIL if name == "cmil-mlp" else CLASSIFIER
+    family = "lgbm" if name == "clf-lgbm" else "mlp"
+    loss = _LOSS[name]
+    regrets = (_regret_matrix(train), _regret_matrix(val)) if loss == "cost" else (None, None)
     tiers: dict[str, TierModel] = {}
     curves: dict[str, list[dict[str, float]]] = {}
-    hyper: dict[str, Any] = {}
     extra_model = None
-    if name == "clf-lgbm":
-        cfg: GbmConfig | None = None
-        for tier in TIERS:
-            xt, yt, _, spec = _classifier_data(train, tier, types, hide=config.seed)
-            xv, yv, _, _ = _classifier_data(val, tier, types)
-            if cfg is None:
+    gcfg = GbmConfig(**hyper) if hyper is not None and family == "lgbm" else None
+    mcfg = MlpConfig(**hyper) if hyper is not None and family == "mlp" else None
+    for tier in TIERS:
+        data = _cmil_data if kind == CMIL else _classifier_data
+        xt, yt, mt, spec = data(train, tier, types, hide=config.seed)
+        xv, yv, mv, _ = data(val, tier, types)
+        outputs = list(CMIL_OUTPUTS if kind == CMIL else STRATEGIES)
+        if family == "lgbm":
+            if gcfg is None:
                 progress(f"{name}: searching {config.trials} configurations", 0.0)
-                cfg = _search_gbm((xt, yt, xv, yv), spec.names, config.trials, config.seed)
-                hyper = cfg.to_dict()
-            fitted = fit_gbm(xt, yt, xv, yv, cfg, names=spec.names, n_classes=len(STRATEGIES))
-            tiers[tier] = TierModel(tier, fitted.onnx, spec, list(STRATEGIES))
-            curves[f"{name}/{tier}"] = fitted.history
+                gcfg = _search_gbm((xt, yt, xv, yv), spec.names, config.trials, config.seed)
+            fitted = fit_gbm(xt, yt, xv, yv, gcfg, names=spec.names, n_classes=len(STRATEGIES))
+            onnx, history = fitted.onnx, fitted.history
             if tier == LIGHT:
                 extra_model = (fitted.model, xv, spec.names)
-        return Candidate(
-            name, CLASSIFIER, "lgbm", tiers, hyper, curves, extra_model, fit_seconds=time.perf_counter() - t0
-        )
-
-    mcfg: MlpConfig | None = None
-    kind = CMIL if name == "cmil-mlp" else CLASSIFIER
-    loss = {"cmil-mlp": "mse", "clf-mlp-ce": "ce", "clf-mlp-cost": "cost"}[name]
-    for tier in TIERS:
-        if kind == CMIL:
-            xt, yt, mt, spec = _cmil_data(train, tier, types, hide=config.seed)
-            xv, yv, mv, _ = _cmil_data(val, tier, types)
-            regrets: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-            outputs = list(CMIL_OUTPUTS)
         else:
-            xt, yt, mt, spec = _classifier_data(train, tier, types, hide=config.seed)
-            xv, yv, mv, _ = _classifier_data(val, tier, types)
-            regrets = (_regret_matrix(train), _regret_matrix(val)) if loss == "cost" else (None, None)
-            outputs = list(STRATEGIES)
-        if mcfg is None:
-            progress(f"{name}: searching {config.trials} configurations", 0.0)
-            base = MlpConfig(loss=loss, max_epochs=config.max_epochs, seed=config.seed)
-            mcfg = _search_mlp(base, (xt, yt, mt, xv, yv, mv), config.trials, config.seed, regrets)
-            hyper = mcfg.to_dict()
-        result = fit_mlp(
-            xt,
-            yt,
-            mt,
-            xv,
-            yv,
-            mv,
-            mcfg,
-            regret_train=regrets[0],
-            regret_val=regrets[1],
-            log_dir=log_dir,
-            name=f"{name}-{tier}",
-        )
-        tiers[tier] = TierModel(tier, result.onnx, spec, outputs)
-        curves[f"{name}/{tier}"] = result.history
-    return Candidate(name, kind, "mlp", tiers, hyper, curves, None, fit_seconds=time.perf_counter() - t0)
+            if mcfg is None:
+                progress(f"{name}: searching {config.trials} configurations", 0.0)
+                base = MlpConfig(loss=loss, max_epochs=config.max_epochs, seed=config.seed)
+                mcfg = _search_mlp(base, (xt, yt, mt, xv, yv, mv), config.trials, config.seed, regrets)
+            net = fit_mlp(
+                xt,
+                yt,
+                mt,
+                xv,
+                yv,
+                mv,
+                mcfg,
+                regret_train=regrets[0],
+                regret_val=regrets[1],
+                log_dir=log_dir,
+                name=f"{name}-{tier}",
+            )
+            onnx, history = net.onnx, net.history
+        tiers[tier] = TierModel(tier, onnx, spec, outputs)
+        curves[f"{name}/{tier}"] = history
+    chosen = gcfg.to_dict() if gcfg is not None else mcfg.to_dict() if mcfg is not None else {}
+    return Candidate(
+        name, kind, family, tiers, chosen, curves, extra_model, fit_seconds=time.perf_counter() - t0
+    )
 
 
 def _calibrate(
@@ -312,7 +313,7 @@ def _cross_validate(
             seed=config.seed,
             tensorboard=False,
         )
-        fold = _refit(cand, a, b, single)
+        fold = _fit_candidate(cand.name, a, b, single, None, lambda _m, _f: None, hyper=cand.hyper)
         fold_art = ModelArtifact(
             cand.kind,
             cand.family,
@@ -338,35 +339,6 @@ def _cross_validate(
     return folds
 
 
-def _refit(cand: Candidate, train: Split, val: Split, config: TrainConfig) -> Candidate:
-    """Fit the candidate's architecture with its already chosen hyper-parameters (no search)."""
-    types = seen_types(train)
-    tiers: dict[str, TierModel] = {}
-    for tier in TIERS:
-        if cand.family == "lgbm":
-            xt, yt, _, spec = _classifier_data(train, tier, types, hide=config.seed)
-            xv, yv, _, _ = _classifier_data(val, tier, types)
-            result = fit_gbm(
-                xt, yt, xv, yv, GbmConfig(**cand.hyper), names=spec.names, n_classes=len(STRATEGIES)
-            )
-            tiers[tier] = TierModel(tier, result.onnx, spec, list(STRATEGIES))
-            continue
-        cfg = MlpConfig(**cand.hyper)
-        if cand.kind == CMIL:
-            xt, yt, mt, spec = _cmil_data(train, tier, types, hide=config.seed)
-            xv, yv, mv, _ = _cmil_data(val, tier, types)
-            rt = rv = None
-            outputs = list(CMIL_OUTPUTS)
-        else:
-            xt, yt, mt, spec = _classifier_data(train, tier, types, hide=config.seed)
-            xv, yv, mv, _ = _classifier_data(val, tier, types)
-            rt, rv = (_regret_matrix(train), _regret_matrix(val)) if cfg.loss == "cost" else (None, None)
-            outputs = list(STRATEGIES)
-        net = fit_mlp(xt, yt, mt, xv, yv, mv, cfg, regret_train=rt, regret_val=rv)
-        tiers[tier] = TierModel(tier, net.onnx, spec, outputs)
-    return Candidate(cand.name, cand.kind, cand.family, tiers, cand.hyper)
-
-
 def _summary(r: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "rows",
@@ -386,6 +358,9 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
         "per_transfer_gain_vs_probe",
         "oracle_gap",
         "static_policy",
+        "baseline_heuristic",
+        "baseline_static",
+        "baseline_probe",
     )
     out = {k: r.get(k) for k in keys}
     out["by_link"] = {
@@ -429,17 +404,14 @@ def train(
     if config.folds >= 2:
         cv = _cross_validate(best, train_split, config, cm, artifact, say)
     say("evaluating the chosen model", 0.95)
-    from .policy_eval import evaluate_artifact
-
-    reports = {name: evaluate_artifact(artifact, split, cm) for name, split in splits.items()}
+    reports, report_split = _evaluate_splits(artifact, splits, cm)
     shap: dict[str, float] = {}
     lgbm = next((c for c in candidates if c.family == "lgbm"), None)
     if lgbm is not None and lgbm.extra_model is not None:
         model, xv, names = lgbm.extra_model
         shap = shap_importance(model, xv, names)
-    gap = (reports["train"]["near_optimal_rate"] - reports["val"]["near_optimal_rate"]) * 100
-    metrics = {name: _summary(r) for name, r in reports.items()}
-    metrics["train_val_gap_points"] = gap
+    metrics = _metrics(reports)
+    gap = metrics["train_val_gap_points"]
     artifact.metrics = metrics
     artifact.extra = {
         "candidate": best.name,
@@ -482,8 +454,8 @@ def train(
         out,
         artifact,
         summary,
-        splits,
-        cm,
+        reports[report_split],
+        report_split,
         {
             "learning_curves": curves,
             "shap": shap,
@@ -496,28 +468,46 @@ def train(
     return summary
 
 
+def _evaluate_splits(
+    artifact: ModelArtifact, splits: dict[str, Split], cm: CostModel
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Every split's evaluation, the one the HTML report shows (test, else validation) with its arrays."""
+    report_split = "test" if "test" in splits else "val"
+    reports = {
+        name: evaluate_artifact(artifact, split, cm, with_arrays=name == report_split)
+        for name, split in splits.items()
+    }
+    return reports, report_split
+
+
+def _metrics(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's metrics: each split's summary and the train-validation gap in points."""
+    metrics: dict[str, Any] = {name: _summary(r) for name, r in reports.items()}
+    metrics["train_val_gap_points"] = (
+        reports["train"]["near_optimal_rate"] - reports["val"]["near_optimal_rate"]
+    ) * 100
+    return metrics
+
+
 def _write_outputs(
     out: Path,
     artifact: ModelArtifact,
     summary: dict[str, Any],
-    splits: dict[str, Split],
-    cm: CostModel,
+    report: dict[str, Any],
+    report_split: str,
     extra: dict[str, Any],
 ) -> None:
-    """``training.json``, the model card and the HTML report (on the test split, else validation)."""
-    from .policy_eval import evaluate_artifact
-
+    """``training.json``, the model card and the HTML report of ``report`` (evaluated with arrays)."""
     (out / "training.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(summary, artifact))
     try:
         from .report import write_report
     except ImportError:  # pragma: no cover - matplotlib comes with the train extra
         return
-    name = "test" if "test" in splits else "val"
     write_report(
-        evaluate_artifact(artifact, splits[name], cm, with_arrays=True),
+        report,
         out / "report.html",
-        title=f"dwcp-selector model ({artifact.extra.get('candidate')}) on the {name} split",
+        title=f"dwcp-selector model ({artifact.extra.get('candidate')}) on the {report_split} split",
         extra=extra,
     )
 
@@ -532,7 +522,6 @@ def calibrate(
     retraining. The manifest, ``training.json``, the model card and the report are rewritten.
     """
     from ..modeling.artifact import load_artifact
-    from .policy_eval import evaluate_artifact
 
     out = Path(model_dir)
     artifact = load_artifact(out)
@@ -548,11 +537,8 @@ def calibrate(
     artifact.times = measure_decision_times(Decider(model, cm), calls=timing_calls, seed=seed)
     outputs, _ = model_outputs(model, splits["val"], cm)
     artifact.policy, _ = fit_policy(outputs, splits["val"], artifact.times, cm)
-    reports = {name: evaluate_artifact(artifact, split, cm) for name, split in splits.items()}
-    metrics: dict[str, Any] = {name: _summary(r) for name, r in reports.items()}
-    metrics["train_val_gap_points"] = (
-        reports["train"]["near_optimal_rate"] - reports["val"]["near_optimal_rate"]
-    ) * 100
+    reports, report_split = _evaluate_splits(artifact, splits, cm)
+    metrics = _metrics(reports)
     artifact.metrics = metrics
     save_artifact(artifact, out)
     summary_path = out / "training.json"
@@ -566,7 +552,7 @@ def calibrate(
     summary.setdefault("chosen", artifact.extra.get("candidate"))
     summary.setdefault("candidates", [])
     extra = {k: summary.get(k) or [] for k in ("candidates", "cv")} | {"shap": summary.get("shap", {})}
-    _write_outputs(out, artifact, summary, splits, cm, extra)
+    _write_outputs(out, artifact, summary, reports[report_split], report_split, extra)
     return summary
 
 
@@ -613,7 +599,7 @@ def model_card(summary: dict[str, Any], artifact: ModelArtifact) -> str:
             *(
                 f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                 for k, v in test.items()
-                if k not in ("by_link", "per_class")
+                if not isinstance(v, dict)  # per link, per class and baselines have tables of their own
             ),
             f"| train-val gap (points of near-optimal rate) | {m['train_val_gap_points']:.2f} |",
             "",

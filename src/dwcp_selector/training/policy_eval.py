@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..costmodel import CostModel
+from ..costmodel import CostModel, Oracle
 from ..modeling.artifact import CMIL, ModelArtifact
 from ..modeling.policy import (
     FAST,
@@ -21,7 +21,6 @@ from ..modeling.policy import (
     RICH,
     DecisionTimes,
     PolicyParams,
-    choose_from_costs,
     cmil_costs_array,
     softmax_confidence,
     tier_array,
@@ -70,7 +69,7 @@ def model_outputs(
         if artifact.kind == CMIL:
             costs = cmil_costs_array(out, split.cols["f_payload_bytes"], offered, split.cols, cost_model)
             predicted[tier] = costs
-            choice[tier] = choose_from_costs(costs, cost_model)
+            choice[tier] = Oracle(cost_model).label_array(costs)
             confidence[tier] = softmax_confidence(costs, temp)
         else:
             probs = np.where(offered, out, 0.0)
