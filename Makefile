@@ -9,8 +9,9 @@ MODEL  ?= models/selector
 
 setup: $(STAMP)
 
-# Re-installs whenever pyproject.toml changes; `make setup` on an up-to-date tree does nothing.
-$(STAMP): pyproject.toml
+# Re-installs (and recompiles the C module) whenever the packaging or the C source changes; `make setup`
+# on an up-to-date tree does nothing.
+$(STAMP): pyproject.toml setup.py src/dwcp_selector/_sample.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,train]'

@@ -126,7 +126,9 @@ def one_run(model_dir: Path, calls: int) -> dict[str, tuple[float, float]]:
     k = len(payloads)
     out: dict[str, tuple[float, float]] = {}
 
-    out["fast path (estimate, none)"] = percentiles(lambda i: selector.select(small, LINK, SYSTEM), calls)
+    out["fast path (estimate, fast rule)"] = percentiles(
+        lambda i: selector.select(small, LINK, SYSTEM), calls
+    )
     # A cached decision answers on the fast path: seed it with a model decision just above the fast-path
     # boundary, then ask for the same resource and link with a payload just below it.
     big = payloads[-1][0]

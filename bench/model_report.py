@@ -2,7 +2,8 @@
 
     dwcp-selector export --store sqlite:///data/staging-100k.db --out data/dataset-100k \\
         --holdout-type database
-    dwcp-selector train --data data/dataset-100k --out out/model-100k --trials 5 --folds 5
+    dwcp-selector train --data data/dataset-100k --out out/model-100k --trials 12 --folds 5
+    python bench/label_repeatability.py --store sqlite:///data/staging-100k.db   # optional: the ceiling
     python bench/model_report.py --model out/model-100k --data data/dataset-100k
 
 Writes ``bench/results/model.json`` (the training summary and the evaluation of each split) and the page;
@@ -17,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _common import machine, write
+from _common import RESULTS, machine, write
 from dwcp_selector.modeling.artifact import load_artifact
-from dwcp_selector.modeling.policy import PolicyParams
+from dwcp_selector.modeling.policy import FastRule, PolicyParams
 from dwcp_selector.training.data import load_dataset
 from dwcp_selector.training.policy_eval import evaluate_artifact
 
@@ -82,6 +83,22 @@ def render(doc: dict[str, Any]) -> str:
         f"{pct(nf['regret_p95'])} (dc: {pct(nf['by_link']['dc']['regret_mean'])} mean): on short transfers "
         "the decision would cost more than a better choice saves, which is why the fitted policy skips it.",
     ]
+    fr = doc["fast_rule"]
+    lines += [
+        "",
+        f"The fast path answers from the fast rule ({fr['cells']} cells, fitted on the training split). The "
+        "same model and policy with `none` on every fast-path transfer instead, as first designed:",
+        "",
+        "| split | fast-path share | fast path | near-optimal | mean regret | p95 regret |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for split, ab in fr["ablation"].items():
+        for label, key in (("fast rule", "with_rule"), ("`none`", "none_only")):
+            f = ab[key]
+            lines.append(
+                f"| {split} | {pct(f['fast_share'])} | {label} | {pct(f['near_optimal_rate'])} | "
+                f"{pct(f['regret_mean'])} | {pct(f['regret_p95'])} |"
+            )
     gap = (ev["train"]["near_optimal_rate"] - ev["val"]["near_optimal_rate"]) * 100
     lines += [
         "",
@@ -100,6 +117,31 @@ def render(doc: dict[str, Any]) -> str:
                 f"| {link} | {r['rows']:,} | {pct(r['near_optimal_rate'])} | {pct(r['regret_mean'])} | "
                 f"{pct(r['regret_p95'])} | {signed(r['gain_vs_heuristic'])} | "
                 f"{signed(r['gain_vs_static'])} | {signed(r['gain_vs_probe'])} |"
+            )
+    rep = doc.get("label_repeatability")
+    if rep:
+        lines += [
+            "",
+            "## How good labels can be: the same transfers measured twice",
+            "",
+            f"`{rep['command']}` — measured {rep['machine']['date']}: {rep['rows']:,} records of "
+            f"{rep['sessions']} sessions (of {rep['of_sessions']}) of the staging store measured again on "
+            "this host, every transfer identical but for its timings. The first measurement's label, taken "
+            "as a decision and judged by the second measurement's costs, is the ceiling of any selector "
+            "learned from such labels; the model's near-optimal rate on the test split beside it (model "
+            "tier alone: every transfer decided by the light model, no fast path; with the policy).",
+            "",
+            "| link | labels agree | decisive agree | ceiling: near-optimal | model tier | with the policy |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        model_tier = doc["model_tier_near_optimal"]
+        for link, r in [("all", rep), *rep["by_link"].items()]:
+            policy = (
+                test["near_optimal_rate"] if link == "all" else test["by_link"][link]["near_optimal_rate"]
+            )
+            lines.append(
+                f"| {link} | {pct(r['label_agreement'])} | {pct(r['decisive_agreement'])} | "
+                f"{pct(r['near_optimal_rate'])} | {pct(model_tier.get(link))} | {pct(policy)} |"
             )
     lines += [
         "",
@@ -195,6 +237,15 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fast_figures(report: dict[str, Any]) -> dict[str, float]:
+    return {
+        "fast_share": report["tier_shares"]["fast"],
+        "near_optimal_rate": report["near_optimal_rate"],
+        "regret_mean": report["regret_mean"],
+        "regret_p95": report["regret_p95"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
@@ -207,7 +258,18 @@ def main() -> None:
     always = dataclasses.replace(artifact, policy=PolicyParams(fast_factor=0.0, rich_factor=float("inf")))
     test_name = "test" if "test" in splits else "val"
     no_fast = evaluate_artifact(always, splits[test_name])
+    # the same policy with the first design's fast path (`none` on every fast-path transfer)
+    no_rule = dataclasses.replace(artifact, fast_rule=FastRule())
+    rule_ablation = {
+        name: {
+            "with_rule": _fast_figures(evaluation[name]),
+            "none_only": _fast_figures(evaluate_artifact(no_rule, splits[name])),
+        }
+        for name in (test_name, "holdout")
+        if name in splits
+    }
     training = json.loads((args.model / "training.json").read_text())
+    repeat = RESULTS / "label_repeatability.json"
     doc = {
         "machine": machine(),
         "model": {"size_bytes": artifact.size_bytes(), "kind": artifact.kind, "family": artifact.family},
@@ -220,6 +282,10 @@ def main() -> None:
             for k in ("near_optimal_rate", "accuracy", "decisive_accuracy", "regret_mean", "regret_p95")
         }
         | {"by_link": no_fast["by_link"]},
+        "fast_rule": {"cells": len(artifact.fast_rule.cells), "ablation": rule_ablation},
+        "model_tier_near_optimal": {"all": no_fast["near_optimal_rate"]}
+        | {k: v["near_optimal_rate"] for k, v in no_fast["by_link"].items() if v.get("rows")},
+        "label_repeatability": json.loads(repeat.read_text()) if repeat.exists() else None,
     }
     doc = json.loads(json.dumps(doc, default=float))
     print(f"wrote {write('model', doc)}")

@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dwcp_selector._sample import same_pages, sample_stats, set_clog
 from dwcp_selector.costmodel import CostModel
 from dwcp_selector.errors import ArtifactError
-from dwcp_selector.features import basic_features, rich_features
+from dwcp_selector.features import PAGE, _page_offsets, basic_features, rich_features, sample_stats_numpy
 from dwcp_selector.link import LinkState, SystemState, link_from_class
 from dwcp_selector.modeling.artifact import CMIL, ModelArtifact, TierModel, load_artifact, save_artifact
 from dwcp_selector.modeling.decide import Decider
 from dwcp_selector.modeling.featurize import LIGHT, RICH, FeatureSpec, link_vector, payload_vector
 from dwcp_selector.modeling.onnx_graph import mlp_to_onnx
-from dwcp_selector.modeling.policy import CMIL_OUTPUTS, DecisionTimes, PolicyParams
+from dwcp_selector.modeling.policy import CMIL_OUTPUTS, DecisionTimes, FastRule, PolicyParams, transmit_octave
 from dwcp_selector.modeling.runtime import OnnxTier, TieredModel
 from dwcp_selector.serving.selector import Selector
 from dwcp_selector.workload.payloads import dirty_round, logs_json, vm_memory
@@ -119,6 +122,48 @@ def test_features_are_sampled_and_cheap_to_define() -> None:
     assert 0 < r.probe_lz4_ratio < 0.6 and r.probe_zstd_ratio < r.probe_lz4_ratio
     empty = basic_features(b"")
     assert empty.entropy == 0.0 and empty.payload_bytes == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=6000),
+        st.builds(
+            lambda n, k, seed: np.random.default_rng(seed).integers(0, k, n, dtype=np.uint8).tobytes(),
+            st.integers(0, 40000),
+            st.integers(1, 256),
+            st.integers(0, 2**32 - 1),
+        ),
+    )
+)
+def test_compiled_sample_stats_equal_the_numpy_definition(data: bytes) -> None:
+    # bit for bit: the staging collection and the live decision must see the very same values
+    assert sample_stats(data) == sample_stats_numpy(data)
+    assert sample_stats(memoryview(bytearray(data))) == sample_stats_numpy(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(0, 2**32 - 1), st.integers(2, 12))
+def test_compiled_page_comparison_follows_the_sampled_offsets(
+    na: int, nb: int, seed: int, count: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    a = bytearray(rng.integers(0, 4, na * PAGE + int(rng.integers(0, PAGE)), dtype=np.uint8).tobytes())
+    b = bytearray(a[: nb * PAGE]) + bytes(max(0, nb * PAGE - len(a)))
+    for o in range(0, len(b), 3 * PAGE):  # edit every third page of the baseline
+        b[o] ^= 1
+    offsets = _page_offsets(min(len(a), len(b)) // PAGE, count)
+    same = sum(a[o : o + PAGE] == b[o : o + PAGE] for o in offsets)
+    assert same_pages(bytes(a), bytes(b), count) == (same, len(offsets))
+
+
+def test_compiled_statistics_refuse_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        sample_stats("text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 2"):
+        same_pages(b"a", b"b", 1)
+    with pytest.raises(ValueError, match="4097"):
+        set_clog(b"short")
 
 
 def test_onnx_graph_equals_the_network() -> None:
@@ -226,6 +271,48 @@ def test_selector_cache_is_keyed_and_invalidated(tmp_path: Path) -> None:
     assert not sel.select(small, link, system, resource_id="db-1").cached
 
 
+def test_fast_path_follows_the_fast_rule_and_the_cache_comes_first(tmp_path: Path) -> None:
+    path = _toy_artifact(tmp_path)
+    link = LinkState(10e9, 0.0002, 0.0, 0.0, link_type="dc")
+    octave = transmit_octave(8.0 * (100 << 10) / CM.effective_bps(link))  # 82 µs: the fast path
+    cells = [["dc", True, "vm_memory_round", octave, "hde", 0.875], ["dc", False, "*", octave, "lz4", 0.5]]
+    _rewrite(path, {"fast_rule": {"types": ["logs_json", "vm_memory_round"], "cells": cells}})
+    art = load_artifact(path)
+    assert art.fast_rule.cells[("dc", True, "vm_memory_round", octave)] == ("hde", 0.875)
+    assert FastRule.from_dict(art.fast_rule.to_dict()) == art.fast_rule
+    sel = Selector(path)
+    system = SystemState(4)
+    data = logs_json(300 << 10, np.random.default_rng(5))
+    small = data[: 100 << 10]
+    d = sel.select(small, link, system, baseline=small, payload_type="vm_memory_round")
+    assert (d.tier, d.strategy, d.confidence, d.cached) == ("fast", "hde", 0.875, False)
+    # another cell (no baseline, another type, another octave) keeps none
+    assert sel.select(small, link, system, payload_type="vm_memory_round").strategy == "none"
+    # a type the rule was not fitted on takes the pooled cell
+    assert sel.select(small, link, system, payload_type="database").strategy == "lz4"
+    assert sel.select(small, link, system, payload_type="logs_json").strategy == "none"
+    assert sel.select(small, link, system, baseline=small, payload_type="logs_json").strategy == "none"
+    assert (
+        sel.select(small[:1000], link, system, baseline=small[:1000], payload_type="vm_memory_round").strategy
+        == "none"
+    )
+    # a decision cached for the resource wins over the rule
+    first = sel.select(data, link, system, baseline=data, payload_type="vm_memory_round", resource_id="vm")
+    hit = sel.select(small, link, system, baseline=small, payload_type="vm_memory_round", resource_id="vm")
+    assert hit.cached and hit.strategy == first.strategy
+
+
+def _manifest(path: Path) -> dict:
+    return dict(json.loads((path / "manifest.json").read_text()))
+
+
+def _renamed_input(tier: dict) -> dict:
+    """A tier entry whose feature list is one made by an older feature definition."""
+    names = list(tier["spec"]["names"])
+    names[-1] = "log10_raw_s"
+    return {**tier, "spec": {**tier["spec"], "names": names}}
+
+
 def _rewrite(path: Path, change: dict) -> None:
     """Edit a manifest and re-seal it, as a deliberate (not accidental) change would be."""
     import hashlib
@@ -244,6 +331,25 @@ def test_mismatched_artifacts_are_refused_with_a_reason(tmp_path: Path) -> None:
         "major": ({"library_version": "99.0.0"}, "major version"),
         "labels": ({"label_set": ["none", "lz4", "zstd", "hde", "brotli"]}, "label set"),
         "schema": ({"schema": "dwcp-model/0"}, "not a dwcp-model/1 manifest"),
+        "fast rule": (
+            {"fast_rule": {"types": [], "cells": [["dc", False, "logs", -12, "hde", 0.9]]}},
+            "invalid fast rule",
+        ),
+        "fast rule label": (
+            {"fast_rule": {"types": [], "cells": [["dc", True, "logs", -12, "brotli", 0.9]]}},
+            "fast rule",
+        ),
+        "fast rule shape": ({"fast_rule": {"types": [], "cells": [["dc", True]]}}, "invalid fast rule"),
+        "fast rule keys": ({"fast_rule": {"cells": []}}, "invalid fast rule"),
+        "features": (
+            {
+                "tiers": {
+                    **_manifest(good)["tiers"],
+                    "light": _renamed_input(_manifest(good)["tiers"]["light"]),
+                }
+            },
+            "other input features",
+        ),
     }
     for name, (change, message) in cases.items():
         bad = tmp_path / name

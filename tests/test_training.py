@@ -88,7 +88,9 @@ def test_hde_is_never_chosen_without_a_baseline(trained: tuple[Path, dict[str, A
     split = splits["test"]
     cm = CostModel(artifact.cost_params)
     outputs, _ = model_outputs(TieredModel(artifact), split, cm)
-    choice, decision_s, _, tiers = policy_decisions(outputs, split, artifact.times, artifact.policy, cm)
+    choice, decision_s, _, tiers = policy_decisions(
+        outputs, split, artifact.times, artifact.policy, cm, artifact.fast_rule
+    )
     no_base = ~split.cols["f_has_baseline"].astype(bool)
     assert no_base.any()
     assert not np.any(choice[no_base] == STRATEGIES.index("hde"))
@@ -173,7 +175,10 @@ def test_the_oracle_scores_perfectly_and_baselines_are_priced(dataset: Path) -> 
     r = evaluate_choices(split, split.labels(), zero)
     assert r["accuracy"] == 1.0 and r["near_optimal_rate"] == 1.0
     assert r["regret_mean"] == 0.0 and r["oracle_gap"] == 0.0
-    assert r["gain_vs_heuristic"] >= 0.0 and r["gain_vs_static"] >= 0.0 and r["gain_vs_probe"] >= 0.0
+    # the oracle breaks ties within 1 % towards the simpler encoder, so a baseline that happens to take the
+    # strictly cheapest of two tied encoders may beat it by less than that, never by more
+    for baseline in ("heuristic", "static", "probe"):
+        assert r[f"gain_vs_{baseline}"] > -0.01
     # always "none" is one of the static policies: it cannot beat the best of them
     always_none = evaluate_choices(split, np.zeros(split.n, dtype=np.int64), zero)
     assert always_none["gain_vs_static"] <= 1e-12

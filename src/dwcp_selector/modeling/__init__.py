@@ -6,13 +6,14 @@ from __future__ import annotations
 from .artifact import ModelArtifact, load_artifact, save_artifact
 from .decide import Decider, Decision
 from .featurize import FeatureSpec
-from .policy import DecisionTimes, PolicyParams
+from .policy import DecisionTimes, FastRule, PolicyParams
 from .runtime import TieredModel
 
 __all__ = [
     "Decider",
     "Decision",
     "DecisionTimes",
+    "FastRule",
     "FeatureSpec",
     "ModelArtifact",
     "PolicyParams",

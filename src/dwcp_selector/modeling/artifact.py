@@ -4,7 +4,7 @@
       manifest.json   schema, library and onnxruntime versions, model kind (cost model in the loop or
                       classifier) and family, per tier: the ONNX file, its sha256, the feature spec and
                       outputs; label set; cost-model parameters and fingerprint; training-data
-                      fingerprint; decision times and policy; metrics
+                      fingerprint; decision times, policy and fast rule; metrics
       light.onnx      the light tier's model (basic features)
       rich.onnx       the rich tier's model (probe and similarity features)
       MODEL_CARD.md   architecture, data, metrics, limitations
@@ -24,9 +24,9 @@ from typing import Any
 
 from .._version import __version__
 from ..costmodel import CostModel, CostParams
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .featurize import FeatureSpec
-from .policy import STRATEGIES, DecisionTimes, PolicyParams
+from .policy import STRATEGIES, DecisionTimes, FastRule, PolicyParams
 
 __all__ = ["MANIFEST", "MODEL_SCHEMA", "ModelArtifact", "TierModel", "load_artifact", "save_artifact"]
 
@@ -56,6 +56,7 @@ class ModelArtifact:
     data_fingerprint: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    fast_rule: FastRule = field(default_factory=FastRule)
     path: Path | None = None
 
     @property
@@ -100,6 +101,7 @@ def save_artifact(artifact: ModelArtifact, out_dir: str | Path) -> Path:
         "tiers": tiers,
         "times": artifact.times.to_dict(),
         "policy": artifact.policy.to_dict(),
+        "fast_rule": artifact.fast_rule.to_dict(),
         "temperature": artifact.temperature,
         "metrics": artifact.metrics,
         "extra": artifact.extra,
@@ -153,9 +155,20 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
             raise ArtifactError(
                 f"model file {file.name} does not match its manifest's sha256 (tampered or swapped)"
             )
-        tiers[name] = TierModel(name, data, FeatureSpec.from_dict(t["spec"]), list(t["outputs"]))
+        try:
+            spec = FeatureSpec.from_dict(t["spec"])
+        except ConfigError as exc:
+            raise ArtifactError(
+                f"{file.name} was trained on other input features than this version computes ({exc}): "
+                "retrain it with this version"
+            ) from exc
+        tiers[name] = TierModel(name, data, spec, list(t["outputs"]))
     if not tiers:
         raise ArtifactError(f"{path / MANIFEST} lists no model")
+    try:
+        fast_rule = FastRule.from_dict(manifest.get("fast_rule", {"types": [], "cells": []}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / MANIFEST} has an invalid fast rule: {exc}") from exc
     return ModelArtifact(
         kind=str(manifest["kind"]),
         family=str(manifest["family"]),
@@ -169,5 +182,6 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
         data_fingerprint=str(manifest.get("data_fingerprint", "")),
         metrics=dict(manifest.get("metrics", {})),
         extra=dict(manifest.get("extra", {})),
+        fast_rule=fast_rule,
         path=path,
     )

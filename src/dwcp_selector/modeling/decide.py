@@ -150,13 +150,24 @@ class Decider:
         self.cost_model = cost_model or CostModel(self.artifact.cost_params)
         self.oracle = Oracle(self.cost_model)
         self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.artifact.times)
+        self._fast_rule = self.artifact.fast_rule.choose
 
     def tier(self, size: int, link: LinkState) -> str:
         """The tier of a transfer from its raw transmit time (``policy.tier_array`` for many)."""
-        transmit = 8.0 * size / self.cost_model.effective_bps(link)
-        if transmit < self._fast_limit:
+        return self.tier_of(8.0 * size / self.cost_model.effective_bps(link))
+
+    def tier_of(self, transmit_s: float) -> str:
+        """The tier of a transfer whose raw transmit time is ``transmit_s``."""
+        if transmit_s < self._fast_limit:
             return FAST
-        return RICH if transmit >= self._rich_limit else LIGHT
+        return RICH if transmit_s >= self._rich_limit else LIGHT
+
+    def fast(
+        self, t0: float, transmit_s: float, link: LinkState, has_baseline: bool, payload_type: str
+    ) -> Decision:
+        """The fast path's decision (the fast rule; ``t0`` is when the decision started)."""
+        strategy, confidence = self._fast_rule(link.link_type, has_baseline, payload_type, transmit_s)
+        return Decision(strategy, confidence, FAST, latency_s=time.perf_counter() - t0)
 
     def decide(
         self,
@@ -171,9 +182,10 @@ class Decider:
     ) -> Decision:
         t0 = time.perf_counter()
         size = len(payload)
-        chosen_tier = tier or self.tier(size, link)
+        transmit = 8.0 * size / self.cost_model.effective_bps(link)
+        chosen_tier = tier or self.tier_of(transmit)
         if chosen_tier == FAST:
-            return Decision("none", 1.0, FAST, latency_s=time.perf_counter() - t0)
+            return self.fast(t0, transmit, link, baseline is not None, payload_type)
         basic = basic_features(payload, baseline)
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
         tm = self.model[chosen_tier]

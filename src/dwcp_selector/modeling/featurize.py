@@ -4,7 +4,9 @@ Two tiers (``features.py``): the **light** vector uses the basic payload feature
 adds the probe and similarity features. Each vector has a payload part (what the encoders will do: the
 cost model's regressors use only this) and a link part (the path and the node: the classifier also needs
 it). Derived link features follow DESIGN section 2: available bandwidth, per-stream Mathis rate, AMST
-streams, bandwidth-delay product, and the raw transmit and transfer times of the unencoded payload.
+streams, bandwidth-delay product, and the raw transmit and transfer times of the unencoded payload; and
+the CPU side of the same formula: the number of 1 MiB chunks and the parallelism min(free cores, chunks)
+that encoding and decoding get (a payload of one chunk gains nothing from free cores).
 
 Categorical values (payload type, link type) are one-hot over lists stored in the model's manifest; an
 unseen payload type maps to ``other``. Missing values (no baseline, no history yet) become 0 with an
@@ -96,6 +98,8 @@ def link_names(types: Sequence[str] = LINK_TYPES) -> list[str]:
         "log10_bdp",
         "log10_transmit_s",
         "log10_raw_s",
+        "log2_chunks",
+        "log2_parallelism",
     ] + [f"link={t}" for t in types]
 
 
@@ -172,6 +176,7 @@ def link_vector(
     streams = max(1, min(p.max_streams, math.ceil(available / rate)))
     effective = min(available, streams * rate)
     transmit = 8.0 * size / effective
+    chunks = max(1, -(-size // p.chunk_size))
     return [
         _LOG10(capacity_bps),
         utilization,
@@ -186,6 +191,8 @@ def link_vector(
         _LOG10(available * rtt_s / 8.0 + 1.0),
         _LOG10(transmit + 1e-9),
         _LOG10(rtt_s + transmit),
+        _LOG2(chunks),
+        _LOG2(min(free_cores, chunks)),
     ] + [1.0 if link_type == t else 0.0 for t in types]
 
 
@@ -278,6 +285,8 @@ class FeatureSpec:
         loss = cols["f_loss"].astype(np.float64)
         available, rate, streams, effective = cm.rates_array(cap, util, rtt, loss)
         transmit = 8.0 * size / effective
+        chunks = np.maximum(1.0, np.ceil(size / cm.params.chunk_size))
+        cores = cols["f_free_cores"].astype(np.float64)
         ltype = np.asarray(cols["f_link_type"], dtype=object)
         return [
             np.log10(cap),
@@ -285,7 +294,7 @@ class FeatureSpec:
             np.log10(rtt),
             cols["f_jitter_s"].astype(np.float64) / rtt,
             np.log10(loss + 1e-9),
-            np.log2(cols["f_free_cores"].astype(np.float64)),
+            np.log2(cores),
             cols["f_active_transfers"].astype(np.float64),
             np.log10(available),
             np.log10(rate),
@@ -293,4 +302,6 @@ class FeatureSpec:
             np.log10(available * rtt / 8.0 + 1.0),
             np.log10(transmit + 1e-9),
             np.log10(rtt + transmit),
+            np.log2(chunks),
+            np.log2(np.minimum(cores, chunks)),
         ] + [(ltype == t).astype(np.float64) for t in self.link_types]

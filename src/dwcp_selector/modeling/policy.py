@@ -3,9 +3,11 @@
 A decision pays for itself (DESIGN section 5a). Compression can at best save the payload's transmit
 time (8·S over the AMST rate), so the policy first estimates it (about a microsecond) and picks a tier:
 
-* **fast** - transmit time under ``fast_factor`` × the light decision's cost: no model runs; ``none``
-  (or the decision cached for the same resource and link, see ``serving``);
-* **light** - basic features (~15 µs) and the light model;
+* **fast** - transmit time under ``fast_factor`` × the light decision's cost: no model runs; the
+  decision cached for the same resource and link (see ``serving``), else the **fast rule**: a table of
+  the strategy with the least mean regret in each cell of (link type, baseline present, payload type,
+  transmit-time octave) on the training split, ``none`` in cells it does not know (one dict lookup);
+* **light** - basic features (a few µs) and the light model;
 * **rich** - the transmit time is at least ``rich_factor`` × the rich decision's cost: the probe and
   similarity features (hundreds of µs) and the rich model.
 
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,15 +31,18 @@ from ..costmodel import DEFAULT_STRATEGY_ORDER, CostModel, StrategyMeasurement
 from ..link import LinkState, SystemState
 
 __all__ = [
+    "ANY_TYPE",
     "CMIL_OUTPUTS",
     "FAST",
     "LIGHT",
     "RICH",
     "DecisionTimes",
+    "FastRule",
     "PolicyParams",
     "cmil_costs_array",
     "cmil_costs_scalar",
     "tier_array",
+    "transmit_octave",
 ]
 
 FAST, LIGHT, RICH = "fast", "light", "rich"
@@ -72,6 +78,72 @@ class PolicyParams:
     def limits(self, times: DecisionTimes) -> tuple[float, float]:
         """Transmit seconds below which a transfer takes the fast path, and from which the rich tier."""
         return self.fast_factor * times.light_s, self.rich_factor * times.rich_s
+
+
+FastCell = tuple[str, bool, str, int]
+
+
+def transmit_octave(transmit_s: float) -> int:
+    """The octave of a transmit time: ``e`` with ``2**(e-1) <= transmit_s < 2**e`` (``math.frexp``)."""
+    return math.frexp(transmit_s)[1]
+
+
+#: The payload type of the pooled cells: every type together, for types the rule was not fitted on.
+ANY_TYPE = "*"
+
+
+@dataclass(frozen=True)
+class FastRule:
+    """What the fast path sends when no model runs and nothing is cached.
+
+    ``cells`` maps (link type, baseline present, payload type, transmit octave) to a strategy and the share
+    of training transfers in that cell for which it was near-optimal. A payload type the rule was not
+    fitted on (not in ``types``: a new family, or ``other``) is looked up in the pooled cells of type
+    ``ANY_TYPE``; a transfer in no cell gets ``none``.
+    """
+
+    cells: Mapping[FastCell, tuple[str, float]] = field(default_factory=dict)
+    types: frozenset[str] = frozenset()
+
+    def choose(
+        self, link_type: str | None, has_baseline: bool, payload_type: str, transmit_s: float
+    ) -> tuple[str, float]:
+        """(strategy, confidence) of one fast-path transfer: one dict lookup (two for a new type)."""
+        octave = math.frexp(transmit_s)[1]
+        if payload_type not in self.types:
+            payload_type = ANY_TYPE
+        return self.cells.get((link_type or "", has_baseline, payload_type, octave), _NONE)
+
+    def choose_array(
+        self, link_type: np.ndarray, has_baseline: np.ndarray, payload_type: np.ndarray, transmit: np.ndarray
+    ) -> np.ndarray:
+        """The strategy index of many transfers (``choose`` for each)."""
+        index = {s: i for i, s in enumerate(STRATEGIES)}
+        return np.array(
+            [
+                index[self.choose(str(lt), bool(hb), str(pt), float(t))[0]]
+                for lt, hb, pt, t in zip(link_type, has_baseline, payload_type, transmit, strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "types": sorted(self.types),
+            "cells": [[*cell, s, round(c, 4)] for cell, (s, c) in sorted(self.cells.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FastRule:
+        cells: dict[FastCell, tuple[str, float]] = {}
+        for lt, hb, pt, octave, strategy, conf in d["cells"]:
+            if strategy not in STRATEGIES or (strategy == "hde" and not hb):
+                raise ValueError(f"fast rule cell {lt, hb, pt, octave} chooses {strategy!r}")
+            cells[(str(lt), bool(hb), str(pt), int(octave))] = (str(strategy), float(conf))
+        return cls(cells, frozenset(str(t) for t in d["types"]))
+
+
+_NONE = ("none", 1.0)
 
 
 def tier_array(transmit: np.ndarray, times: DecisionTimes, params: PolicyParams) -> np.ndarray:

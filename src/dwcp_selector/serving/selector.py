@@ -2,7 +2,8 @@
 
 :class:`Selector` wraps the single-decision path (``modeling.decide``) with a cache of recent decisions:
 a transfer whose transmit time is too short to pay for a model decision reuses the decision last taken
-for the **same resource over the same link** when there is one, and otherwise sends ``none``.
+for the **same resource over the same link** when there is one, and otherwise what the artifact's fast
+rule says for its link type, baseline, payload type and transmit time (``none`` where it knows nothing).
 
 The cache key is ``(resource id, link type, capacity and RTT rounded to powers of 2, has baseline)``:
 links whose bandwidth or RTT differ by less than a factor of two price encoders alike. An entry is
@@ -79,7 +80,9 @@ class Selector:
         """The strategy for this transfer (and its confidence, tier, features and decision time)."""
         t0 = time.perf_counter()
         size = len(payload)
-        tier = self.decider.tier(size, link)
+        decider = self.decider
+        transmit = 8.0 * size / decider.cost_model.effective_bps(link)
+        tier = decider.tier_of(transmit)
         key = self.cache_key(resource_id, link, baseline is not None) if resource_id is not None else None
         if tier == FAST:
             if key is not None:
@@ -93,8 +96,8 @@ class Selector:
                         latency_s=time.perf_counter() - t0,
                         cached=True,
                     )
-            return Decision("none", 1.0, FAST, latency_s=time.perf_counter() - t0)
-        decision = self.decider.decide(
+            return decider.fast(t0, transmit, link, baseline is not None, payload_type)
+        decision = decider.decide(
             payload, link, system, baseline=baseline, payload_type=payload_type, history=history, tier=tier
         )
         if key is not None:

@@ -34,14 +34,21 @@ from ..errors import ConfigError
 from ..modeling.artifact import CLASSIFIER, CMIL, ModelArtifact, TierModel, save_artifact
 from ..modeling.decide import Decider
 from ..modeling.featurize import LIGHT, PAYLOAD_TYPES, RICH, FeatureSpec
-from ..modeling.policy import CMIL_OUTPUTS, STRATEGIES, DecisionTimes, PolicyParams
+from ..modeling.policy import CMIL_OUTPUTS, STRATEGIES, DecisionTimes, FastRule, PolicyParams
 from ..modeling.runtime import TieredModel
 from ..modeling.timing import measure_decision_times
 from .data import Split, load_dataset
 from .evaluation import evaluate_choices
 from .gbm import GbmConfig, fit_gbm, shap_importance
 from .mlp import MlpConfig, fit_mlp
-from .policy_eval import evaluate_artifact, fit_policy, fit_temperature, model_outputs, policy_decisions
+from .policy_eval import (
+    evaluate_artifact,
+    fit_fast_rule,
+    fit_policy,
+    fit_temperature,
+    model_outputs,
+    policy_decisions,
+)
 
 __all__ = ["CANDIDATES", "TrainConfig", "calibrate", "train"]
 
@@ -270,20 +277,23 @@ def _fit_candidate(
 
 
 def _calibrate(
-    cand: Candidate, val: Split, cm: CostModel, fingerprint: str, config: TrainConfig
+    cand: Candidate, val: Split, cm: CostModel, fingerprint: str, config: TrainConfig, rule: FastRule
 ) -> tuple[ModelArtifact, dict[str, Any]]:
     """Time the candidate's decisions, fit its temperature and policy on validation, evaluate it there."""
     artifact = ModelArtifact(
         cand.kind, cand.family, cand.tiers, DecisionTimes(), PolicyParams(), 1.0, cm.params, fingerprint
     )
+    artifact.fast_rule = rule
     model = TieredModel(artifact)
     artifact.times = measure_decision_times(Decider(model, cm), calls=config.timing_calls, seed=config.seed)
     outputs, predicted = model_outputs(model, val, cm, temperature=1.0)
     if cand.kind == CMIL:
         artifact.temperature = fit_temperature(predicted[LIGHT], val.labels())
         outputs, _ = model_outputs(model, val, cm)
-    artifact.policy, _ = fit_policy(outputs, val, artifact.times, cm)
-    choice, decision, confidence, tiers = policy_decisions(outputs, val, artifact.times, artifact.policy, cm)
+    artifact.policy, _ = fit_policy(outputs, val, artifact.times, cm, rule)
+    choice, decision, confidence, tiers = policy_decisions(
+        outputs, val, artifact.times, artifact.policy, cm, rule
+    )
     report = evaluate_choices(val, choice, decision, cost_model=cm, confidence=confidence, tiers=tiers)
     return artifact, report
 
@@ -324,7 +334,10 @@ def _cross_validate(
             cm.params,
         )
         outputs, _ = model_outputs(TieredModel(fold_art), b, cm)
-        choice, decision, conf, tiers = policy_decisions(outputs, b, artifact.times, artifact.policy, cm)
+        rule = fit_fast_rule(a, cm)  # the fold's own: the held-out fold stays unseen
+        choice, decision, conf, tiers = policy_decisions(
+            outputs, b, artifact.times, artifact.policy, cm, rule
+        )
         r = evaluate_choices(b, choice, decision, cost_model=cm, confidence=conf, tiers=tiers)
         folds.append(
             {
@@ -390,12 +403,13 @@ def train(
     train_split, val = splits["train"], splits["val"]
     cm = CostModel()
     log_dir = out / "tensorboard" if config.tensorboard else None
+    rule = fit_fast_rule(train_split, cm)
     candidates: list[Candidate] = []
     for i, name in enumerate(config.candidates):
         say(f"fitting {name}", i / len(config.candidates))
         cand = _fit_candidate(name, train_split, val, config, log_dir, say)
         say(f"timing and calibrating {name}", (i + 0.8) / len(config.candidates))
-        cand.artifact, cand.val_report = _calibrate(cand, val, cm, fingerprint, config)
+        cand.artifact, cand.val_report = _calibrate(cand, val, cm, fingerprint, config, rule)
         candidates.append(cand)
     best = min(candidates, key=lambda c: c.val_report["regret_mean"])
     assert best.artifact is not None
@@ -534,9 +548,10 @@ def calibrate(
     cm = CostModel(artifact.cost_params)
     model = TieredModel(artifact)
     before = {"times": artifact.times.to_dict(), "policy": artifact.policy.to_dict()}
+    artifact.fast_rule = fit_fast_rule(splits["train"], cm)  # deterministic: the same rule, or a first one
     artifact.times = measure_decision_times(Decider(model, cm), calls=timing_calls, seed=seed)
     outputs, _ = model_outputs(model, splits["val"], cm)
-    artifact.policy, _ = fit_policy(outputs, splits["val"], artifact.times, cm)
+    artifact.policy, _ = fit_policy(outputs, splits["val"], artifact.times, cm, artifact.fast_rule)
     reports, report_split = _evaluate_splits(artifact, splits, cm)
     metrics = _metrics(reports)
     artifact.metrics = metrics
@@ -621,10 +636,10 @@ def model_card(summary: dict[str, Any], artifact: ModelArtifact) -> str:
         "  the cost boundaries. Re-collect and retrain on the fleet's hardware.",
         "- The decision times above are this host's; the policy thresholds scale with them.",
         "- Label repeatability caps exact accuracy: where two strategies cost nearly the same, the label is",
-        "  decided by measurement noise (DESIGN section 5: ~2 % of labels flip on re-measurement, a quarter",
-        "  of records have a runner-up within 1 %); near-optimal rate and regret are the headline metrics.",
-        "- Short transfers take the fast path (`none`) by design; the near-optimal rate counts those where",
-        "  the oracle, which ignores decision time, would have encoded.",
+        "  decided by measurement noise (`bench/label_repeatability.py` re-measures a sample of the staging",
+        "  store; near-optimal rate and regret are the headline metrics).",
+        "- Short transfers take the fast path (the fast rule's table, `none` outside it) by design; the",
+        "  near-optimal rate counts those where the oracle, which ignores decision time, would do better.",
         "",
     ]
     return "\n".join(lines)

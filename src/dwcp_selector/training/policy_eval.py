@@ -1,9 +1,10 @@
 """A model artifact's decisions on recorded transfers, exactly as the selector would take them.
 
 Per record: the tier from the transmit time and the artifact's decision times and policy; the fast path
-chooses ``none``; the light and rich tiers run their ONNX model on the record's features; the decision
-costs the tier's measured time. Also fits the policy (when to skip the model, when to pay for the rich
-features) and the cost model's confidence temperature on validation data.
+chooses by the artifact's fast rule (``none`` outside its cells); the light and rich tiers run their ONNX
+model on the record's features; the decision costs the tier's measured time. Also fits the fast rule (on
+training data), the policy (when to skip the model, when to pay for the rich features) and the cost
+model's confidence temperature (on validation data).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import numpy as np
 from ..costmodel import CostModel, Oracle
 from ..modeling.artifact import CMIL, ModelArtifact
 from ..modeling.policy import (
+    ANY_TYPE,
     FAST,
     LIGHT,
     RICH,
+    STRATEGIES,
     DecisionTimes,
+    FastRule,
     PolicyParams,
     cmil_costs_array,
     softmax_confidence,
@@ -29,7 +33,14 @@ from ..modeling.runtime import TieredModel
 from .data import Split
 from .evaluation import evaluate_choices
 
-__all__ = ["ModelOutputs", "fit_policy", "fit_temperature", "model_outputs", "policy_decisions"]
+__all__ = [
+    "ModelOutputs",
+    "fit_fast_rule",
+    "fit_policy",
+    "fit_temperature",
+    "model_outputs",
+    "policy_decisions",
+]
 
 FAST_FACTORS = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 RICH_FACTORS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, float("inf"))
@@ -44,6 +55,46 @@ def transmit_array(split: Split, cost_model: CostModel) -> np.ndarray:
     effective = cost_model.rates_array(cap, util, rtt, loss)[3]
     out: np.ndarray = 8.0 * c["f_payload_bytes"].astype(np.float64) / effective
     return out
+
+
+#: A fast-rule cell needs this many training transfers, and its strategy must beat ``none``'s mean regret
+#: by this much, or the cell keeps ``none`` (the rule must not chase noise in thin cells).
+FAST_RULE_MIN_ROWS = 30
+FAST_RULE_MARGIN = 0.002
+
+
+def fit_fast_rule(split: Split, cost_model: CostModel) -> FastRule:
+    """Per (link type, baseline, payload type, transmit octave) cell, the strategy of least mean regret.
+
+    Fitted on every record of ``split`` (the training split), once per payload type and once with the
+    types pooled (``ANY_TYPE``, for types the rule has not seen). Cells are octaves of transmit time, so
+    the policy's fast-path limit decides which of them are ever used, and the rule need not be refitted
+    when decision times (and with them the limit) change.
+    """
+    costs = split.costs()
+    best = costs.min(axis=1)
+    ratio = costs / best[:, None]  # inf where not offered
+    near = costs <= best[:, None] * 1.01
+    octave = np.frexp(transmit_array(split, cost_model))[1]
+    link = split.cols["f_link_type"].astype(str)
+    base = split.cols["f_has_baseline"].astype(bool)
+    ptype = split.cols["f_payload_type"].astype(str)
+    cells: dict[tuple[str, bool, str, int], tuple[str, float]] = {}
+    for types in (ptype, np.full(split.n, ANY_TYPE)):
+        keys = np.char.add(np.char.add(np.char.add(link, "|"), np.where(base, "1|", "0|")), types)
+        keys = np.char.add(np.char.add(keys, "|"), octave.astype(str))
+        uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        for k, key in enumerate(uniq):
+            if counts[k] < FAST_RULE_MIN_ROWS:
+                continue
+            rows = inverse == k
+            mean = ratio[rows].mean(axis=0)
+            j = int(np.argmin(mean))
+            if j == 0 or not mean[j] < mean[0] - FAST_RULE_MARGIN:
+                continue
+            lt, hb, pt, o = str(key).split("|")
+            cells[(lt, hb == "1", pt, int(o))] = (STRATEGIES[j], float(near[rows, j].mean()))
+    return FastRule(cells, frozenset(ptype.tolist()))
 
 
 class ModelOutputs:
@@ -85,17 +136,19 @@ def policy_decisions(
     times: DecisionTimes,
     params: PolicyParams,
     cost_model: CostModel,
+    rule: FastRule,
     transmit: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(choice, decision seconds, confidence, tier) of every record under the policy."""
+    """(choice, decision seconds, confidence, tier) of every record under the policy and fast rule."""
     t = transmit if transmit is not None else transmit_array(split, cost_model)
     tiers = tier_array(t, times, params)
     if RICH not in outputs.choice:
         tiers[tiers == RICH] = LIGHT
     n = split.n
-    choice = np.zeros(n, dtype=np.int64)
+    c = split.cols
+    choice = rule.choose_array(c["f_link_type"], c["f_has_baseline"], c["f_payload_type"], t)
     confidence = np.zeros((n, 4))
-    confidence[:, 0] = 1.0
+    confidence[np.arange(n), choice] = 1.0
     decision = np.full(n, times.fast_s)
     for tier, seconds in ((LIGHT, times.light_s), (RICH, times.rich_s)):
         rows = tiers == tier
@@ -107,7 +160,7 @@ def policy_decisions(
 
 
 def fit_policy(
-    outputs: ModelOutputs, split: Split, times: DecisionTimes, cost_model: CostModel
+    outputs: ModelOutputs, split: Split, times: DecisionTimes, cost_model: CostModel, rule: FastRule
 ) -> tuple[PolicyParams, float]:
     """The fast and rich factors with the least mean regret on ``split`` (decision time included)."""
     costs = split.costs()
@@ -116,7 +169,7 @@ def fit_policy(
     best: tuple[float, PolicyParams] | None = None
     for fast, rich in itertools.product(FAST_FACTORS, RICH_FACTORS):
         params = PolicyParams(fast_factor=fast, rich_factor=rich)
-        choice, decision, _, _ = policy_decisions(outputs, split, times, params, cost_model, transmit)
+        choice, decision, _, _ = policy_decisions(outputs, split, times, params, cost_model, rule, transmit)
         realized = costs[np.arange(split.n), choice] + decision
         regret = float(np.mean(realized / oracle - 1))
         if best is None or regret < best[0]:
@@ -144,7 +197,7 @@ def evaluate_artifact(
     model = TieredModel(artifact)
     outputs, _ = model_outputs(model, split, cm)
     choice, decision, confidence, tiers = policy_decisions(
-        outputs, split, artifact.times, artifact.policy, cm
+        outputs, split, artifact.times, artifact.policy, cm, artifact.fast_rule
     )
     report = evaluate_choices(
         split, choice, decision, cost_model=cm, confidence=confidence, tiers=tiers, with_arrays=with_arrays
