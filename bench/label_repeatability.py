@@ -14,6 +14,7 @@ and reports, for the original label taken as a decision and judged by the re-mea
 * the **near-optimal rate** (cost within 1 % of the re-measured oracle's) and the regret: the ceiling of
   any selector trained on such labels, since even the oracle of one measurement meets it only this often
   on the next;
+* per class, precision and recall of the first label against the second: the per-class ceiling;
 
 overall and per link class. Writes ``bench/results/label_repeatability.json``; ``bench/model_report.py``
 puts it beside the model's figures in ``docs/model-results.md``.
@@ -89,6 +90,16 @@ def compare(first: dict[str, np.ndarray], again: dict[str, np.ndarray]) -> dict[
         }
 
     out = figures(np.ones(len(label1), dtype=bool))
+    # per class, the second measurement's label as the truth: how often the first one names it (recall) and
+    # how often a class the first one names is the truth (precision): the per-class ceiling of a classifier
+    out["per_class"] = {
+        s: {
+            "support": int(np.sum(label2 == i)),
+            "precision": float(np.mean(label2[label1 == i] == i)) if np.any(label1 == i) else None,
+            "recall": float(np.mean(label1[label2 == i] == i)) if np.any(label2 == i) else None,
+        }
+        for i, s in enumerate(STRATEGIES)
+    }
     links = np.asarray(first["f_link_type"], dtype=str)
     out["by_link"] = {str(lt): figures(links == lt) for lt in sorted(set(links.tolist()))}
     return out
@@ -160,6 +171,14 @@ def main() -> None:
             f"{name:8} {r['rows']:7,} {r['label_agreement'] * 100:7.2f} {dec:>9} "
             f"{r['near_optimal_rate'] * 100:9.2f} {r['regret_mean'] * 100:7.2f} {r['regret_p95'] * 100:7.2f}"
         )
+    print(
+        "per class (second label as truth): "
+        + ", ".join(
+            f"{c} P {v['precision'] * 100:.1f} / R {v['recall'] * 100:.1f}"
+            for c, v in result["per_class"].items()
+            if v["precision"] is not None and v["recall"] is not None
+        )
+    )
     print(f"wrote {write('label_repeatability', doc)}")
 
 

@@ -162,12 +162,18 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "## Per class (test)",
         "",
-        "| label | support | precision | recall | F1 |",
-        "|---|---:|---:|---:|---:|",
+        "Beside the model, the labels' own ceiling: the first measurement's label against the second's "
+        "(`bench/label_repeatability.py`, section above), where that was measured.",
+        "",
+        "| label | support | precision | recall | F1 | ceiling: precision | ceiling: recall |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    ceiling = (rep or {}).get("per_class", {})
     for label, r in test["per_class"].items():
+        c = ceiling.get(label, {})
         lines.append(
-            f"| {label} | {r['support']:,} | {pct(r['precision'])} | {pct(r['recall'])} | {r['f1']:.3f} |"
+            f"| {label} | {r['support']:,} | {pct(r['precision'])} | {pct(r['recall'])} | {r['f1']:.3f} | "
+            f"{pct(c.get('precision'))} | {pct(c.get('recall'))} |"
         )
     conf = test["confusion"]
     names = list(test["per_class"])
