@@ -116,15 +116,16 @@ class FastRule:
 
     def choose_array(
         self, link_type: np.ndarray, has_baseline: np.ndarray, payload_type: np.ndarray, transmit: np.ndarray
-    ) -> np.ndarray:
-        """The strategy index of many transfers (``choose`` for each)."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(strategy index, confidence) of many transfers (``choose`` for each)."""
         index = {s: i for i, s in enumerate(STRATEGIES)}
-        return np.array(
-            [
-                index[self.choose(str(lt), bool(hb), str(pt), float(t))[0]]
-                for lt, hb, pt, t in zip(link_type, has_baseline, payload_type, transmit, strict=True)
-            ],
-            dtype=np.int64,
+        chosen = [
+            self.choose(str(lt), bool(hb), str(pt), float(t))
+            for lt, hb, pt, t in zip(link_type, has_baseline, payload_type, transmit, strict=True)
+        ]
+        return (
+            np.array([index[s] for s, _ in chosen], dtype=np.int64),
+            np.array([c for _, c in chosen], dtype=np.float64),
         )
 
     def to_dict(self) -> dict[str, Any]:

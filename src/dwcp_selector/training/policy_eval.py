@@ -146,9 +146,9 @@ def policy_decisions(
         tiers[tiers == RICH] = LIGHT
     n = split.n
     c = split.cols
-    choice = rule.choose_array(c["f_link_type"], c["f_has_baseline"], c["f_payload_type"], t)
+    choice, rule_confidence = rule.choose_array(c["f_link_type"], c["f_has_baseline"], c["f_payload_type"], t)
     confidence = np.zeros((n, 4))
-    confidence[np.arange(n), choice] = 1.0
+    confidence[np.arange(n), choice] = rule_confidence  # what the selector reports for a fast-path choice
     decision = np.full(n, times.fast_s)
     for tier, seconds in ((LIGHT, times.light_s), (RICH, times.rich_s)):
         rows = tiers == tier
