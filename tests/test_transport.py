@@ -213,6 +213,24 @@ def test_missing_stream_times_out(receiver: AmstReceiver) -> None:
             receiver.wait(tid, timeout=10)
 
 
+def test_a_stream_timing_out_names_the_stream_that_never_came(receiver: AmstReceiver) -> None:
+    # The connected stream's read timeout and the connect watchdog have the same length; whichever fires
+    # first, the error names the missing stream. Here the watchdog is stopped, so the read timeout decides.
+    from dwcp_selector.transport.protocol import Hello, Manifest
+
+    receiver.timeout_s = 0.5
+    tid = uuid.uuid4()
+    manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
+    with socket.create_connection(receiver.address) as s:
+        s.sendall(Hello(tid, 0, 2, manifest).pack())
+        deadline = time.monotonic() + 5
+        while tid not in receiver._active and time.monotonic() < deadline:
+            time.sleep(0.005)
+        receiver._active[tid].timer.cancel()
+        with pytest.raises(TransferTimeoutError, match=r"streams \[1\] never connected \(stream 0: "):
+            receiver.wait(tid, timeout=10)
+
+
 def test_nothing_listening_is_a_transport_error() -> None:
     s = socket.create_server(("127.0.0.1", 0))
     address = s.getsockname()[:2]

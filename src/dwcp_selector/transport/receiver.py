@@ -217,6 +217,14 @@ class _Transfer:
                     f"transfer {self.id}: stream {stream} of {self.stream_count} failed ({exc}); "
                     f"{len(missing)} of {self.manifest.chunk_count} chunks not received"
                 )
+            elif isinstance(exc, TransferTimeoutError) and stream is not None:
+                # a connected stream that waited in vain because another never came: name the cause (the
+                # read timeout and the connect watchdog are the same length and race under load)
+                absent = [i for i in range(self.stream_count) if i not in self.sockets]
+                if absent:
+                    exc = TransferTimeoutError(
+                        f"transfer {self.id}: streams {absent} never connected (stream {stream}: {exc})"
+                    )
             self.error = exc
             self.done.set()
         self._conclude(pack_result(False, f"{type(exc).__name__}: {exc}"))
