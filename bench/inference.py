@@ -4,7 +4,8 @@ Every row times one piece of the single-decision path the selector runs (``model
 payloads the training timed its tiers with (VM memory rounds with their baselines and JSON logs of 64 KiB,
 1 MiB and 8 MiB), one thread, in one run:
 
-* fast path: the raw-transfer-time estimate and ``none`` (no cache), and a decision served from the cache;
+* fast path: the raw-transfer-time estimate and the fast rule (no cache), and a decision served from
+  the cache;
 * light and rich tiers: features alone, inference alone (onnxruntime, one row), the whole decision;
 * batched inference: 1024 rows per ``run``, per batch and per row;
 * the rule heuristic (its sampled features included) and the sampling probe (every offered encoder on a

@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 
 from _common import machine, write
+from dwcp_selector.telemetry.schema import STRATEGIES, TABLE
 from dwcp_selector.telemetry.staging import collect
 from dwcp_selector.telemetry.store import open_store
 
-STRATEGIES = ("none", "lz4", "zstd", "hde")
-TABLE = "compression_telemetry"
 COLUMNS = [
     "request_id",
     "session_id",

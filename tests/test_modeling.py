@@ -4,6 +4,7 @@ networks, artifacts that refuse tampering, and the selector's fast path and cach
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from dwcp_selector.errors import ArtifactError
 from dwcp_selector.features import PAGE, _page_offsets, basic_features, rich_features, sample_stats_numpy
 from dwcp_selector.link import LinkState, SystemState, link_from_class
 from dwcp_selector.modeling.artifact import CMIL, ModelArtifact, TierModel, load_artifact, save_artifact
-from dwcp_selector.modeling.decide import Decider
-from dwcp_selector.modeling.featurize import LIGHT, RICH, FeatureSpec, link_vector, payload_vector
+from dwcp_selector.modeling.decide import Decider, decision_vector
+from dwcp_selector.modeling.featurize import LIGHT, RICH, FeatureSpec
 from dwcp_selector.modeling.onnx_graph import mlp_to_onnx
-from dwcp_selector.modeling.policy import CMIL_OUTPUTS, DecisionTimes, FastRule, PolicyParams, transmit_octave
+from dwcp_selector.modeling.policy import CMIL_OUTPUTS, DecisionTimes, FastRule, PolicyParams
 from dwcp_selector.modeling.runtime import OnnxTier, TieredModel
 from dwcp_selector.serving.selector import Selector
 from dwcp_selector.workload.payloads import dirty_round, logs_json, vm_memory
@@ -78,32 +79,17 @@ def test_training_matrix_equals_serving_vector(tier: str) -> None:
     cols, b, r = _record_columns(payload, image, link, system)
     spec = FeatureSpec(tier, with_link=True)
     batch = spec.matrix(cols, CM)[0]
-    single = payload_vector(
-        tier,
+    # the vector the selector's decisions are made from (``Decider.decide`` builds it with this call)
+    single = decision_vector(
+        spec,
         len(payload),
         "vm_memory_round",
-        baseline_bytes=b.baseline_bytes,
-        entropy=b.entropy,
-        zero_fraction=b.zero_fraction,
-        text_fraction=b.text_fraction,
-        similarity_pages=b.similarity_pages,
-        prev={"zstd": 0.31, "lz4": None, "hde": 0.002},
-        probe_lz4=r.probe_lz4_ratio,
-        probe_zstd=r.probe_zstd_ratio,
-        zero_pages=r.zero_page_fraction,
-        similarity_inplace=r.similarity_inplace,
-        similarity_shifted=r.similarity_shifted,
-    ) + link_vector(
-        len(payload),
-        link.capacity_bps,
-        link.utilization,
-        link.rtt_s,
-        link.jitter_s,
-        link.loss,
-        system.free_cores,
-        system.active_transfers,
-        link.link_type,
+        b,
+        r if tier == RICH else None,
+        link,
+        system,
         CM,
+        {"zstd": 0.31, "lz4": None, "hde": 0.002},
     )
     assert len(single) == len(spec.names) == batch.shape[0]
     np.testing.assert_allclose(batch, np.asarray(single, dtype=np.float32), rtol=1e-6, atol=1e-6)
@@ -274,7 +260,7 @@ def test_selector_cache_is_keyed_and_invalidated(tmp_path: Path) -> None:
 def test_fast_path_follows_the_fast_rule_and_the_cache_comes_first(tmp_path: Path) -> None:
     path = _toy_artifact(tmp_path)
     link = LinkState(10e9, 0.0002, 0.0, 0.0, link_type="dc")
-    octave = transmit_octave(8.0 * (100 << 10) / CM.effective_bps(link))  # 82 µs: the fast path
+    octave = math.frexp(8.0 * (100 << 10) / CM.effective_bps(link))[1]  # 82 µs: the fast path
     cells = [["dc", True, "vm_memory_round", octave, "hde", 0.875], ["dc", False, "*", octave, "lz4", 0.5]]
     _rewrite(path, {"fast_rule": {"types": ["logs_json", "vm_memory_round"], "cells": cells}})
     art = load_artifact(path)

@@ -152,9 +152,15 @@ class Decider:
         self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.artifact.times)
         self._fast_rule = self.artifact.fast_rule.choose
 
+    def transmit_s(self, size: int, link: LinkState) -> float:
+        """Seconds to push ``size`` unencoded bytes through the link's AMST streams, without the RTT.
+
+        ``training.policy_eval.transmit_array`` is the same for many records."""
+        return 8.0 * size / self.cost_model.effective_bps(link)
+
     def tier(self, size: int, link: LinkState) -> str:
         """The tier of a transfer from its raw transmit time (``policy.tier_array`` for many)."""
-        return self.tier_of(8.0 * size / self.cost_model.effective_bps(link))
+        return self.tier_of(self.transmit_s(size, link))
 
     def tier_of(self, transmit_s: float) -> str:
         """The tier of a transfer whose raw transmit time is ``transmit_s``."""
@@ -182,7 +188,9 @@ class Decider:
     ) -> Decision:
         t0 = time.perf_counter()
         size = len(payload)
-        transmit = 8.0 * size / self.cost_model.effective_bps(link)
+        # the transmit time picks the tier and keys the fast rule; a caller that gives a model tier
+        # (the selector, which estimated it already) does not pay for it again
+        transmit = self.transmit_s(size, link) if tier is None or tier == FAST else 0.0
         chosen_tier = tier or self.tier_of(transmit)
         if chosen_tier == FAST:
             return self.fast(t0, transmit, link, baseline is not None, payload_type)

@@ -42,7 +42,6 @@ __all__ = [
     "cmil_costs_array",
     "cmil_costs_scalar",
     "tier_array",
-    "transmit_octave",
 ]
 
 FAST, LIGHT, RICH = "fast", "light", "rich"
@@ -83,11 +82,6 @@ class PolicyParams:
 FastCell = tuple[str, bool, str, int]
 
 
-def transmit_octave(transmit_s: float) -> int:
-    """The octave of a transmit time: ``e`` with ``2**(e-1) <= transmit_s < 2**e`` (``math.frexp``)."""
-    return math.frexp(transmit_s)[1]
-
-
 #: The payload type of the pooled cells: every type together, for types the rule was not fitted on.
 ANY_TYPE = "*"
 
@@ -97,7 +91,8 @@ class FastRule:
     """What the fast path sends when no model runs and nothing is cached.
 
     ``cells`` maps (link type, baseline present, payload type, transmit octave) to a strategy and the share
-    of training transfers in that cell for which it was near-optimal. A payload type the rule was not
+    of training transfers in that cell for which it was near-optimal; the octave of a transmit time t is
+    ``math.frexp(t)[1]``, the ``e`` with ``2**(e-1) <= t < 2**e``. A payload type the rule was not
     fitted on (not in ``types``: a new family, or ``other``) is looked up in the pooled cells of type
     ``ANY_TYPE``; a transfer in no cell gets ``none``.
     """

@@ -81,7 +81,7 @@ class Selector:
         t0 = time.perf_counter()
         size = len(payload)
         decider = self.decider
-        transmit = 8.0 * size / decider.cost_model.effective_bps(link)
+        transmit = decider.transmit_s(size, link)
         tier = decider.tier_of(transmit)
         key = self.cache_key(resource_id, link, baseline is not None) if resource_id is not None else None
         if tier == FAST:

@@ -10,6 +10,7 @@ model's confidence temperature (on validation data).
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -76,25 +77,22 @@ def fit_fast_rule(split: Split, cost_model: CostModel) -> FastRule:
     ratio = costs / best[:, None]  # inf where not offered
     near = costs <= best[:, None] * 1.01
     octave = np.frexp(transmit_array(split, cost_model))[1]
-    link = split.cols["f_link_type"].astype(str)
-    base = split.cols["f_has_baseline"].astype(bool)
-    ptype = split.cols["f_payload_type"].astype(str)
+    link = split.cols["f_link_type"].astype(str).tolist()
+    base = split.cols["f_has_baseline"].astype(bool).tolist()
+    ptype = split.cols["f_payload_type"].astype(str).tolist()
+    groups: dict[tuple[str, bool, str, int], list[int]] = defaultdict(list)
+    for i, (lt, hb, pt, o) in enumerate(zip(link, base, ptype, octave.tolist(), strict=True)):
+        groups[(lt, hb, pt, o)].append(i)
+        groups[(lt, hb, ANY_TYPE, o)].append(i)
     cells: dict[tuple[str, bool, str, int], tuple[str, float]] = {}
-    for types in (ptype, np.full(split.n, ANY_TYPE)):
-        keys = np.char.add(np.char.add(np.char.add(link, "|"), np.where(base, "1|", "0|")), types)
-        keys = np.char.add(np.char.add(keys, "|"), octave.astype(str))
-        uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        for k, key in enumerate(uniq):
-            if counts[k] < FAST_RULE_MIN_ROWS:
-                continue
-            rows = inverse == k
-            mean = ratio[rows].mean(axis=0)
-            j = int(np.argmin(mean))
-            if j == 0 or not mean[j] < mean[0] - FAST_RULE_MARGIN:
-                continue
-            lt, hb, pt, o = str(key).split("|")
-            cells[(lt, hb == "1", pt, int(o))] = (STRATEGIES[j], float(near[rows, j].mean()))
-    return FastRule(cells, frozenset(ptype.tolist()))
+    for cell, members in groups.items():
+        if len(members) < FAST_RULE_MIN_ROWS:
+            continue
+        mean = ratio[members].mean(axis=0)
+        j = int(np.argmin(mean))
+        if j != 0 and mean[j] < mean[0] - FAST_RULE_MARGIN:
+            cells[cell] = (STRATEGIES[j], float(near[members, j].mean()))
+    return FastRule(cells, frozenset(ptype))
 
 
 class ModelOutputs:

@@ -608,7 +608,8 @@ def _deployment(r: Mapping[str, Any]) -> str | None:
         parts.append(
             "<h3>Policy</h3>"
             + _hint(
-                "fast path (no model, none) when transmit time < fast_factor × light decision time; "
+                "fast path (no model: the cached decision or the fast rule) when transmit time < "
+                "fast_factor × light decision time; "
                 "rich tier when transmit time ≥ rich_factor × rich decision time."
             )
             + _kv_table([(str(k), _plain(v)) for k, v in policy.items()], ("parameter", "value"))
