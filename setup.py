@@ -1,7 +1,8 @@
-"""The one compiled module: the basic features' sampled byte statistics (see src/dwcp_selector/_sample.c).
+"""The compiled modules of the decision path: the basic features' sampled byte statistics
+(src/dwcp_selector/_sample.c) and the single-row runtime of the dense networks (src/dwcp_selector/_dense.c).
 
 Everything else about the package is declared in pyproject.toml; setuptools' own pyproject table for
-extension modules is still experimental, so the extension is declared here.
+extension modules is still experimental, so the extensions are declared here.
 """
 
 from setuptools import Extension, setup
@@ -11,7 +12,14 @@ setup(
         Extension(
             "dwcp_selector._sample",
             sources=["src/dwcp_selector/_sample.c"],
-            extra_compile_args=["-O2"],
-        )
+            # no contraction into fused multiply-adds: the row must round as Python's arithmetic does
+            extra_compile_args=["-O2", "-ffp-contract=off"],
+        ),
+        Extension(
+            "dwcp_selector._dense",
+            sources=["src/dwcp_selector/_dense.c"],
+            # -O3 vectorises the row updates; no -ffast-math: the sums stay in the order written
+            extra_compile_args=["-O3"],
+        ),
     ]
 )

@@ -6,7 +6,9 @@ payloads the training timed its tiers with (VM memory rounds with their baseline
 
 * fast path: the raw-transfer-time estimate and the fast rule (no cache), and a decision served from
   the cache;
-* light and rich tiers: features alone, inference alone (onnxruntime, one row), the whole decision;
+* light and rich tiers: features alone, inference alone (one row: onnxruntime, and the compiled network
+  the decision path runs when the graph is a dense network), the whole decision; for a light classifier
+  also the compiled row builder (basic features and the whole input row in one call) the decision uses;
 * batched inference: 1024 rows per ``run``, per batch and per row;
 * the rule heuristic (its sampled features included) and the sampling probe (every offered encoder on a
   64 KiB sample, extrapolated and priced).
@@ -95,7 +97,20 @@ def time_tier(
             ),
             max(calls // 5, 100),
         )
-    out[f"{tier}: inference"] = percentiles(lambda i: tm.predict_one(vecs[i % k]), calls)
+    if tier == LIGHT and decider.light_row is not None:
+        row = decider.light_row
+        clock = time.perf_counter
+        out["light: features and row, compiled"] = percentiles(
+            lambda i: row.build(
+                payloads[i % k][0], payloads[i % k][1], payloads[i % k][2], {}, LINK, SYSTEM, 0.0, clock
+            ),
+            calls,
+        )
+    out[f"{tier}: inference (onnxruntime)"] = percentiles(
+        lambda i: tm.predict_one_onnxruntime(vecs[i % k]), calls
+    )
+    if tm.dense is not None:
+        out[f"{tier}: inference (compiled)"] = percentiles(lambda i: tm.predict_one(vecs[i % k]), calls)
     out[f"{tier}: whole decision"] = percentiles(
         lambda i: decider.decide(
             payloads[i % k][0],

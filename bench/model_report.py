@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, machine, write
-from dwcp_selector.modeling.artifact import load_artifact
+from dwcp_selector.costmodel import CostModel
+from dwcp_selector.modeling.artifact import ModelArtifact, load_artifact
+from dwcp_selector.modeling.decide import Decider
 from dwcp_selector.modeling.policy import FastRule, PolicyParams
-from dwcp_selector.training.data import load_dataset
-from dwcp_selector.training.policy_eval import evaluate_artifact
+from dwcp_selector.modeling.runtime import TieredModel
+from dwcp_selector.modeling.timing import measure_decision_times
+from dwcp_selector.training.data import Split, load_dataset
+from dwcp_selector.training.policy_eval import evaluate_artifact, fit_policy, model_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "model-results.md"
@@ -99,6 +103,24 @@ def render(doc: dict[str, Any]) -> str:
                 f"| {split} | {pct(f['fast_share'])} | {label} | {pct(f['near_optimal_rate'])} | "
                 f"{pct(f['regret_mean'])} | {pct(f['regret_p95'])} |"
             )
+    sr = doc.get("single_row_paths")
+    if sr:
+        lines += [
+            "",
+            "What the decision's own time is worth: the same model with its light decision built and run "
+            "compiled (as shipped) and in onnxruntime (the row built in Python, one `run` per decision), "
+            "both timed now on this host, each with its policy fitted on validation for those times "
+            "(test split):",
+            "",
+            "| single rows | light decision | fast factor | fast-path share | near-optimal | mean regret | "
+            "dc mean regret |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {f['light_us']:.1f} µs | {f['fast_factor']:g} | {pct(f['fast_share'])} | "
+            f"{pct(f['near_optimal_rate'])} | {pct(f['regret_mean'])} | {pct(f['dc_regret_mean'])} |"
+            for name, f in sr.items()
+        ]
     gap = (ev["train"]["near_optimal_rate"] - ev["val"]["near_optimal_rate"]) * 100
     lines += [
         "",
@@ -252,6 +274,30 @@ def _fast_figures(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _single_row_paths(artifact: ModelArtifact, val: Split, test: Split) -> dict[str, dict[str, float]]:
+    """The model with single rows compiled (as shipped) and in onnxruntime: both decision paths timed now,
+    on this host, each policy fitted on validation with its own times, evaluated on test."""
+    cm = CostModel(artifact.cost_params)
+    out = {}
+    for path in ("compiled", "onnxruntime"):
+        model = TieredModel(artifact)
+        decider = Decider(model, cm)
+        if path == "onnxruntime":
+            for tier in model.tiers.values():
+                tier.dense = None
+            decider.light_row = None
+        times = measure_decision_times(decider, calls=1000)
+        outputs, _ = model_outputs(model, val, cm)
+        policy, _ = fit_policy(outputs, val, times, cm, artifact.fast_rule)
+        report = evaluate_artifact(dataclasses.replace(artifact, times=times, policy=policy), test, cm)
+        out[path] = _fast_figures(report) | {
+            "light_us": times.light_s * 1e6,
+            "fast_factor": policy.fast_factor,
+            "dc_regret_mean": report["by_link"]["dc"]["regret_mean"],
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
@@ -274,6 +320,7 @@ def main() -> None:
         for name in (test_name, "holdout")
         if name in splits
     }
+    single_row = _single_row_paths(artifact, splits["val"], splits[test_name])
     training = json.loads((args.model / "training.json").read_text())
     repeat = RESULTS / "label_repeatability.json"
     doc = {
@@ -289,6 +336,7 @@ def main() -> None:
         }
         | {"by_link": no_fast["by_link"]},
         "fast_rule": {"cells": len(artifact.fast_rule.cells), "ablation": rule_ablation},
+        "single_row_paths": single_row,
         "model_tier_near_optimal": {"all": no_fast["near_optimal_rate"]}
         | {k: v["near_optimal_rate"] for k, v in no_fast["by_link"].items() if v.get("rows")},
         "label_repeatability": json.loads(repeat.read_text()) if repeat.exists() else None,

@@ -196,6 +196,14 @@ def inference_section(doc: dict[str, Any]) -> list[str]:
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {r['p50_us']:,.2f} | {r['p99_us']:,.2f} |" for name, r in doc["rows"].items()]
+    if "light: inference (compiled)" in doc["rows"]:
+        lines += [
+            "",
+            "A light decision builds its whole input row in one compiled call and runs the network's single row",
+            "in the compiled runtime (the weights read out of the same ONNX graph, checked against onnxruntime",
+            "on load); the onnxruntime row is the same graph's single row in onnxruntime, which runs every batch",
+            "(`docs/decisions/0005-compiled-light-decision-and-near-optimal-loss.md`).",
+        ]
     lines.append("")
     return lines
 

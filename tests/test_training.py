@@ -233,3 +233,28 @@ def test_calibrate_retimes_and_refits_on_this_host(
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="not the dataset"):
         calibrate(copy, other)
+
+
+def test_cost_loss_counts_every_near_optimal_strategy_as_right() -> None:
+    import torch
+
+    from dwcp_selector.training.mlp import _loss_fn
+
+    # the oracle's label is none; lz4 is within the 1 % tie tolerance, zstd 50 % worse, hde not offered
+    regret = torch.tensor([[0.0, 0.005, 0.5, 5.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    label = torch.tensor([0])
+    sure_of = {
+        s: torch.tensor([[10.0 if i == k else -10.0 for i in range(4)]]) for k, s in enumerate(STRATEGIES)
+    }
+    near_only = _loss_fn("cost", near_weight=1.0, ce_weight=0.0)
+    # choosing the tied lz4 costs what it costs (0.5 % regret), not a wrong label's penalty
+    assert float(near_only(sure_of["lz4"], label, mask, regret)) < 0.01
+    assert float(near_only(sure_of["zstd"], label, mask, regret)) > 10
+    # the cross-entropy term still leans ties to the oracle's order
+    shipped = _loss_fn("cost")
+    assert float(shipped(sure_of["none"], label, mask, regret)) < float(
+        shipped(sure_of["lz4"], label, mask, regret)
+    )
+    former = _loss_fn("cost", near_weight=0.0, ce_weight=0.1)
+    assert float(former(sure_of["lz4"], label, mask, regret)) > 1  # the former loss: a tie is a wrong label

@@ -16,7 +16,7 @@ from ..costmodel import CostModel, Oracle
 from ..features import BasicFeatures, RichFeatures, basic_features, rich_features
 from ..link import LinkState, SystemState
 from .artifact import CMIL
-from .featurize import FeatureSpec, link_vector, payload_vector
+from .featurize import FeatureSpec, LightRow, link_vector, payload_vector
 from .policy import FAST, LIGHT, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar
 from .runtime import TieredModel
 
@@ -151,6 +151,17 @@ class Decider:
         self.oracle = Oracle(self.cost_model)
         self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.artifact.times)
         self._fast_rule = self.artifact.fast_rule.choose
+        # a light classifier whose network runs compiled gets its whole row from one compiled call too
+        light = model.tiers.get(LIGHT)
+        self.light_row: LightRow | None = None
+        if (
+            light is not None
+            and light.dense is not None
+            and self.artifact.kind != CMIL
+            and light.spec.tier == LIGHT
+            and light.spec.with_link
+        ):
+            self.light_row = LightRow(light.spec, self.cost_model)
 
     def transmit_s(self, size: int, link: LinkState) -> float:
         """Seconds to push ``size`` unencoded bytes through the link's AMST streams, without the RTT.
@@ -194,6 +205,8 @@ class Decider:
         chosen_tier = tier or self.tier_of(transmit)
         if chosen_tier == FAST:
             return self.fast(t0, transmit, link, baseline is not None, payload_type)
+        if chosen_tier == LIGHT and self.light_row is not None:
+            return self._light(t0, payload, baseline, payload_type, history or {}, link, system)
         basic = basic_features(payload, baseline)
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
         tm = self.model[chosen_tier]
@@ -220,4 +233,37 @@ class Decider:
             basic,
             rich,
             time.perf_counter() - t0,
+        )
+
+    def _light(
+        self,
+        t0: float,
+        payload: BytesLike,
+        baseline: BytesLike | None,
+        payload_type: str,
+        history: Mapping[str, float | None],
+        link: LinkState,
+        system: SystemState,
+    ) -> Decision:
+        """The light classifier's decision: row and basic features in one compiled call, network compiled."""
+        assert self.light_row is not None
+        row, basic = self.light_row.build(
+            payload, baseline, payload_type, history, link, system, t0, time.perf_counter
+        )
+        p_none, p_lz4, p_zstd, p_hde = self.model.tiers[LIGHT].predict_one(row)
+        # normalised over the offered strategies (hde only with a baseline), as ``decide`` does
+        if basic.has_baseline:
+            total = (p_none + p_lz4 + p_zstd + p_hde) or 1.0
+            probs = {
+                "none": p_none / total,
+                "lz4": p_lz4 / total,
+                "zstd": p_zstd / total,
+                "hde": p_hde / total,
+            }
+        else:
+            total = (p_none + p_lz4 + p_zstd) or 1.0
+            probs = {"none": p_none / total, "lz4": p_lz4 / total, "zstd": p_zstd / total}
+        strategy = max(probs, key=probs.__getitem__)
+        return Decision(
+            strategy, probs[strategy], LIGHT, probs, _EMPTY, basic, None, time.perf_counter() - t0
         )

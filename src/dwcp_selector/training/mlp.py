@@ -3,8 +3,11 @@
 Both share one body (Linear-ReLU-Dropout ×3) and differ in head and loss:
 
 * **classifier** - 4 logits; ``hde`` masked out without a baseline; loss plain cross-entropy, or the
-  cost-sensitive *expected regret* Σ p_s · (cost_s / cost_oracle − 1) (clipped) plus a little
-  cross-entropy to keep the gradients alive where the regret is flat;
+  cost-sensitive loss: the *expected regret* Σ p_s · (cost_s / cost_oracle − 1) (clipped), plus the
+  negative log of the probability given to the *near-optimal set* (every offered strategy within the
+  oracle's 1 % tie tolerance: the oracle's label is only the first of them in a fixed order, so plain
+  cross-entropy punishes a choice that costs nothing), plus a little cross-entropy so that ties still
+  lean to the oracle's order;
 * **regressor** (cost model in the loop) - 12 outputs: per strategy log2 ratio, log2 encode and decode
   CPU seconds; masked mean squared error (``hde`` rows without a baseline carry no target).
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..costmodel import DEFAULT_TIE_TOLERANCE
 from ..modeling.onnx_graph import mlp_to_onnx
 
 __all__ = ["MlpConfig", "MlpResult", "fit_mlp"]
@@ -43,6 +47,10 @@ class MlpConfig:
     patience: int = 12
     loss: str = "ce"  # "ce", "cost" (classifier) or "mse" (regressor)
     seed: int = 0
+    # the cost-sensitive loss's terms beside the expected regret (``bench/loss_ablation.py`` compares them):
+    # the near-optimal set's negative log-likelihood, and the cross-entropy on the oracle's label
+    near_weight: float = 1.0
+    ce_weight: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,7 +88,7 @@ class _Net(nn.Module):
         ]
 
 
-def _loss_fn(kind: str) -> Callable[..., torch.Tensor]:
+def _loss_fn(kind: str, near_weight: float = 1.0, ce_weight: float = 0.1) -> Callable[..., torch.Tensor]:
     if kind == "mse":
 
         def mse(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
@@ -96,9 +104,13 @@ def _loss_fn(kind: str) -> Callable[..., torch.Tensor]:
         ce = nn.functional.cross_entropy(logits, y)
         if kind == "ce":
             return ce
-        p = torch.softmax(logits, dim=1)
-        expected = (p * regret).sum(dim=1).mean()
-        return expected + 0.1 * ce
+        logp = torch.log_softmax(logits, dim=1)
+        expected = (logp.exp() * regret).sum(dim=1).mean()
+        loss = expected + ce_weight * ce
+        if near_weight:
+            near = mask & (regret <= DEFAULT_TIE_TOLERANCE)
+            loss = loss - near_weight * torch.logsumexp(logp.masked_fill(~near, -1e9), dim=1).mean()
+        return loss
 
     return classify
 
@@ -151,7 +163,7 @@ def fit_mlp(
     n_out = int(mask_train.shape[1])
     net = _Net(x_train.shape[1], n_out, config.dropout)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = _loss_fn(config.loss)
+    loss_fn = _loss_fn(config.loss, config.near_weight, config.ce_weight)
     writer = None
     if log_dir is not None:
         from torch.utils.tensorboard import SummaryWriter

@@ -6,7 +6,7 @@ Candidates (DESIGN section 5b), each with a light and a rich tier:
   and log2 encode and decode CPU seconds from the payload features alone (one row per measured payload);
   the exact cost formula prices them on the record's link and node;
 * ``clf-mlp-ce`` / ``clf-mlp-cost`` - the roadmap's 64-32-16 classifier on payload and link features, with
-  cross-entropy or the cost-sensitive expected-regret loss;
+  cross-entropy or the cost-sensitive loss (expected regret + the near-optimal set's likelihood);
 * ``clf-lgbm`` - gradient-boosted trees on the same inputs (its TreeSHAP importances go in the report).
 
 Hyper-parameters are searched with Optuna (TPE, seeded) on the validation loss of the light tier and
