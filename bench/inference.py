@@ -99,11 +99,8 @@ def time_tier(
         )
     if tier == LIGHT and decider.light_row is not None:
         row = decider.light_row
-        clock = time.perf_counter
         out["light: features and row, compiled"] = percentiles(
-            lambda i: row.build(
-                payloads[i % k][0], payloads[i % k][1], payloads[i % k][2], {}, LINK, SYSTEM, 0.0, clock
-            ),
+            lambda i: row.build(payloads[i % k][0], payloads[i % k][1], payloads[i % k][2], {}, LINK, SYSTEM),
             calls,
         )
     out[f"{tier}: inference (onnxruntime)"] = percentiles(

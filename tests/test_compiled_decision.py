@@ -247,7 +247,7 @@ def test_compiled_light_row_is_the_python_row_bit_for_bit(
         link_types=[t for t in LINK_CLASSES if t != "edge"],
         with_link=True,
     )
-    row, basic = LightRow(spec, CM).build(payload, baseline, ptype, history, link, system, 0.0, lambda: 1.0)
+    row, basic = LightRow(spec, CM).build(payload, baseline, ptype, history, link, system)
     b = basic_features(payload, baseline)
     assert (basic.payload_bytes, basic.has_baseline, basic.baseline_bytes) == (
         b.payload_bytes,

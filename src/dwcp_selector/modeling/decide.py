@@ -247,9 +247,7 @@ class Decider:
     ) -> Decision:
         """The light classifier's decision: row and basic features in one compiled call, network compiled."""
         assert self.light_row is not None
-        row, basic = self.light_row.build(
-            payload, baseline, payload_type, history, link, system, t0, time.perf_counter
-        )
+        row, basic = self.light_row.build(payload, baseline, payload_type, history, link, system)
         p_none, p_lz4, p_zstd, p_hde = self.model.tiers[LIGHT].predict_one(row)
         # normalised over the offered strategies (hde only with a baseline), as ``decide`` does
         if basic.has_baseline:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ PAYLOAD_TYPES: tuple[str, ...] = (
 )
 LINK_TYPES: tuple[str, ...] = tuple(LINK_CLASSES)
 _LOG2 = math.log2
+_CLOCK = time.perf_counter
 _LOG10 = math.log10
 
 
@@ -346,10 +348,9 @@ class LightRow:
         history: Mapping[str, float | None],
         link: LinkState,
         system: SystemState,
-        t0: float,
-        clock: Callable[[], float],
     ) -> tuple[array[float], BasicFeatures]:
-        """(row, basic features); ``t0`` and ``clock`` time the features as ``basic_features`` does."""
+        """(row, the basic features it holds); the row buffer is this thread's, reused by its next call."""
+        t0 = _CLOCK()
         local = self._local
         row: array[float] | None = getattr(local, "row", None)
         if row is None:
@@ -380,6 +381,6 @@ class LightRow:
             chunk,
         )
         basic = BasicFeatures(
-            len(payload), baseline is not None, base_len, entropy, zero, text, similarity, clock() - t0
+            len(payload), baseline is not None, base_len, entropy, zero, text, similarity, _CLOCK() - t0
         )
         return row, basic
