@@ -149,8 +149,10 @@ def test_light_decision_runs_compiled_and_equals_the_onnxruntime_path(tmp_path: 
     image = vm_memory(1 << 20, rng)
     system = SystemState(free_cores=3, active_transfers=1)
     history = {"zstd": 0.4, "lz4": None, "hde": 0.01}
+    strided = memoryview(image)[::2]  # a view the compiled call cannot read in place
     for payload, baseline, ptype, link in [
         (image, None, "vm_memory", link_from_class("metro")),
+        (strided, strided, "vm_memory", link_from_class("dc")),
         (image, image, "vm_memory_round", link_from_class("wan")),
         (logs_json(300_000, rng), None, "unheard-of", LinkState(1e9, 0.003, 0.0, 0.2)),
     ]:

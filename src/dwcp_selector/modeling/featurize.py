@@ -351,6 +351,11 @@ class LightRow:
     ) -> tuple[array[float], BasicFeatures]:
         """(row, the basic features it holds); the row buffer is this thread's, reused by its next call."""
         t0 = _CLOCK()
+        # the compiled call reads contiguous buffers; a strided view is copied, as basic_features does
+        if type(payload) is memoryview and not payload.c_contiguous:
+            payload = payload.tobytes()
+        if type(baseline) is memoryview and not baseline.c_contiguous:
+            baseline = baseline.tobytes()
         local = self._local
         row: array[float] | None = getattr(local, "row", None)
         if row is None:

@@ -69,8 +69,11 @@ class OnnxTier:
         self.width = len(tm.spec.names)
         self._local = _Binding()
         self.dense = self._checked_dense(tm)
-        #: which runtime answers ``predict_one``: "compiled" or "onnxruntime"
-        self.single_row_runtime = "compiled" if self.dense is not None else "onnxruntime"
+
+    @property
+    def single_row_runtime(self) -> str:
+        """Which runtime answers ``predict_one``: "compiled" or "onnxruntime"."""
+        return "compiled" if self.dense is not None else "onnxruntime"
 
     def _checked_dense(self, tm: TierModel) -> Dense | None:
         dense = dense_from_onnx(tm.onnx)
