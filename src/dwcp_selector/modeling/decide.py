@@ -7,7 +7,7 @@ so the decision time a model is evaluated with is the time this code takes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +141,24 @@ def decision_vector(
     return vec
 
 
+_CLASSIFIER_ORDER = ("none", "lz4", "zstd", "hde")
+if STRATEGIES != _CLASSIFIER_ORDER:  # _classifier_choice unpacks a classifier's outputs in this order
+    raise RuntimeError(f"the label set changed to {STRATEGIES}: update modeling.decide._classifier_choice")
+
+
+def _classifier_choice(out: Sequence[float], has_baseline: bool) -> tuple[str, dict[str, float]]:
+    """A classifier's choice and its probabilities, renormalised over the offered strategies (``hde`` only
+    with a baseline); ties go to the first in the oracle's order."""
+    p_none, p_lz4, p_zstd, p_hde = out
+    if has_baseline:
+        total = (p_none + p_lz4 + p_zstd + p_hde) or 1.0
+        probs = {"none": p_none / total, "lz4": p_lz4 / total, "zstd": p_zstd / total, "hde": p_hde / total}
+    else:
+        total = (p_none + p_lz4 + p_zstd) or 1.0
+        probs = {"none": p_none / total, "lz4": p_lz4 / total, "zstd": p_zstd / total}
+    return max(probs, key=probs.__getitem__), probs
+
+
 class Decider:
     """Decides with a trained model under the artifact's policy (no cache; see ``serving``)."""
 
@@ -220,10 +238,7 @@ class Decider:
             strategy = self.oracle.decide(costs).label
             probs = confidence_scalar(costs, self.artifact.temperature)
         else:
-            probs = {s: p for s, p in zip(STRATEGIES, out, strict=True) if s != "hde" or basic.has_baseline}
-            total = sum(probs.values()) or 1.0
-            probs = {s: p / total for s, p in probs.items()}
-            strategy = max(probs, key=lambda s: probs[s])
+            strategy, probs = _classifier_choice(out, basic.has_baseline)
         return Decision(
             strategy,
             probs.get(strategy, 0.0),
@@ -248,20 +263,7 @@ class Decider:
         """The light classifier's decision: row and basic features in one compiled call, network compiled."""
         assert self.light_row is not None
         row, basic = self.light_row.build(payload, baseline, payload_type, history, link, system)
-        p_none, p_lz4, p_zstd, p_hde = self.model.tiers[LIGHT].predict_one(row)
-        # normalised over the offered strategies (hde only with a baseline), as ``decide`` does
-        if basic.has_baseline:
-            total = (p_none + p_lz4 + p_zstd + p_hde) or 1.0
-            probs = {
-                "none": p_none / total,
-                "lz4": p_lz4 / total,
-                "zstd": p_zstd / total,
-                "hde": p_hde / total,
-            }
-        else:
-            total = (p_none + p_lz4 + p_zstd) or 1.0
-            probs = {"none": p_none / total, "lz4": p_lz4 / total, "zstd": p_zstd / total}
-        strategy = max(probs, key=probs.__getitem__)
+        strategy, probs = _classifier_choice(self.model.tiers[LIGHT].predict_one(row), basic.has_baseline)
         return Decision(
             strategy, probs[strategy], LIGHT, probs, _EMPTY, basic, None, time.perf_counter() - t0
         )
