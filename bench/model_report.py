@@ -278,6 +278,8 @@ def _single_row_paths(artifact: ModelArtifact, val: Split, test: Split) -> dict[
     """The model with single rows compiled (as shipped) and in onnxruntime: both decision paths timed now,
     on this host, each policy fitted on validation with its own times, evaluated on test."""
     cm = CostModel(artifact.cost_params)
+    # the choices are the same whichever runtime answers single rows (batches run in onnxruntime)
+    outputs, _ = model_outputs(TieredModel(artifact), val, cm)
     out = {}
     for path in ("compiled", "onnxruntime"):
         model = TieredModel(artifact)
@@ -287,7 +289,6 @@ def _single_row_paths(artifact: ModelArtifact, val: Split, test: Split) -> dict[
                 tier.dense = None
             decider.light_row = None
         times = measure_decision_times(decider, calls=1000)
-        outputs, _ = model_outputs(model, val, cm)
         policy, _ = fit_policy(outputs, val, times, cm, artifact.fast_rule)
         report = evaluate_artifact(dataclasses.replace(artifact, times=times, policy=policy), test, cm)
         out[path] = _fast_figures(report) | {

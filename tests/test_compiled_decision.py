@@ -23,7 +23,7 @@ from dwcp_selector.modeling import runtime
 from dwcp_selector.modeling.artifact import CLASSIFIER, ModelArtifact, TierModel, load_artifact, save_artifact
 from dwcp_selector.modeling.decide import Decider, decision_vector
 from dwcp_selector.modeling.dense import dense_from_onnx
-from dwcp_selector.modeling.featurize import LIGHT, RICH, FeatureSpec, LightRow, link_vector, payload_vector
+from dwcp_selector.modeling.featurize import LIGHT, RICH, FeatureSpec, LightRow
 from dwcp_selector.modeling.onnx_graph import mlp_to_onnx
 from dwcp_selector.modeling.policy import STRATEGIES, DecisionTimes, PolicyParams
 from dwcp_selector.modeling.runtime import OnnxTier, TieredModel
@@ -262,30 +262,8 @@ def test_compiled_light_row_is_the_python_row_bit_for_bit(
         b.text_fraction,
         b.similarity_pages,
     )
-    expected = payload_vector(
-        LIGHT,
-        len(payload),
-        ptype,
-        baseline_bytes=b.baseline_bytes if b.has_baseline else None,
-        entropy=b.entropy,
-        zero_fraction=b.zero_fraction,
-        text_fraction=b.text_fraction,
-        similarity_pages=b.similarity_pages,
-        prev=history,
-        types=spec.payload_types,
-    ) + link_vector(
-        len(payload),
-        capacity,
-        utilization,
-        rtt,
-        jitter,
-        loss,
-        cores,
-        active,
-        link_type,
-        CM,
-        spec.link_types,
-    )
+    # the Python light path's own row (``Decider.decide`` builds it with this call when nothing is compiled)
+    expected = decision_vector(spec, len(payload), ptype, b, None, link, system, CM, history)
     assert list(row) == expected  # bit for bit: the model must see what training saw
 
 

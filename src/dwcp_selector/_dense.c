@@ -29,7 +29,6 @@ typedef struct {
     int cols[MAX_LAYERS]; /* inputs of each layer */
     float *weights[MAX_LAYERS]; /* transposed: cols x rows (the graph's Gemm holds rows x cols, transB=1) */
     float *bias[MAX_LAYERS];
-    int width; /* the widest activation */
 } Dense;
 
 static void free_layers(Dense *self) {
@@ -64,7 +63,6 @@ static int dense_init(Dense *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "a network has 1 to %d layers, got %zd", MAX_LAYERS, n);
         return -1;
     }
-    int width = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_buffer w, b;
         int rows, cols;
@@ -110,8 +108,6 @@ static int dense_init(Dense *self, PyObject *args, PyObject *kwds) {
             self->rows[i] = rows;
             self->cols[i] = cols;
             self->layers = (int)i + 1;
-            if (rows > width) width = rows;
-            if (cols > width) width = cols;
         }
         PyBuffer_Release(&w);
         PyBuffer_Release(&b);
@@ -124,7 +120,6 @@ static int dense_init(Dense *self, PyObject *args, PyObject *kwds) {
     }
     Py_DECREF(seq);
     self->softmax = softmax;
-    self->width = width;
     return 0;
 }
 

@@ -142,8 +142,6 @@ static PyObject *same_pages(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nn)", same, compared);
 }
 
-/* Python's max(x, 1e-6) keeps x unless 1e-6 > x (so a NaN stays NaN): written the same way below */
-
 /* a float argument that may be None: 1 and *out set, 0 for None, -1 on error */
 static int optional_double(PyObject *o, double *out) {
     if (o == Py_None) return 0;
@@ -235,6 +233,7 @@ static PyObject *light_row(PyObject *self, PyObject *const *args, Py_ssize_t nar
     v[4] = zero;
     v[5] = text;
     v[6] = similarity;
+    /* _lr: Python's max(x, 1e-6) keeps x unless 1e-6 > x (so a NaN stays NaN), written the same way */
     v[7] = has_z ? log2(1e-6 > pz ? 1e-6 : pz) : 0.0;
     v[8] = has_l ? log2(1e-6 > pl ? 1e-6 : pl) : 0.0;
     v[9] = has_h ? log2(1e-6 > ph ? 1e-6 : ph) : 0.0;
@@ -257,7 +256,6 @@ static PyObject *light_row(PyObject *self, PyObject *const *args, Py_ssize_t nar
     double effective = available < streams * rate ? available : streams * rate;
     double transmit = 8.0 * sized / effective;
     double chunks = size > 0 ? (double)((size + chunk - 1) / chunk) : 1.0;
-    if (chunks < 1) chunks = 1;
     w[0] = log10(cap);
     w[1] = util;
     w[2] = log10(rtt);

@@ -88,7 +88,9 @@ class _Net(nn.Module):
         ]
 
 
-def _loss_fn(kind: str, near_weight: float = 1.0, ce_weight: float = 0.1) -> Callable[..., torch.Tensor]:
+def _loss_fn(
+    kind: str, near_weight: float = MlpConfig.near_weight, ce_weight: float = MlpConfig.ce_weight
+) -> Callable[..., torch.Tensor]:
     if kind == "mse":
 
         def mse(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
