@@ -224,7 +224,12 @@ class Decider:
         if chosen_tier == FAST:
             return self.fast(t0, transmit, link, baseline is not None, payload_type)
         if chosen_tier == LIGHT and self.light_row is not None:
-            return self._light(t0, payload, baseline, payload_type, history or {}, link, system)
+            # a light classifier's row and basic features in one compiled call, its network compiled
+            row, basic = self.light_row.build(payload, baseline, payload_type, history or {}, link, system)
+            strategy, probs = _classifier_choice(self.model.tiers[LIGHT].predict_one(row), basic.has_baseline)
+            return Decision(
+                strategy, probs[strategy], LIGHT, probs, _EMPTY, basic, None, time.perf_counter() - t0
+            )
         basic = basic_features(payload, baseline)
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
         tm = self.model[chosen_tier]
@@ -248,22 +253,4 @@ class Decider:
             basic,
             rich,
             time.perf_counter() - t0,
-        )
-
-    def _light(
-        self,
-        t0: float,
-        payload: BytesLike,
-        baseline: BytesLike | None,
-        payload_type: str,
-        history: Mapping[str, float | None],
-        link: LinkState,
-        system: SystemState,
-    ) -> Decision:
-        """The light classifier's decision: row and basic features in one compiled call, network compiled."""
-        assert self.light_row is not None
-        row, basic = self.light_row.build(payload, baseline, payload_type, history, link, system)
-        strategy, probs = _classifier_choice(self.model.tiers[LIGHT].predict_one(row), basic.has_baseline)
-        return Decision(
-            strategy, probs[strategy], LIGHT, probs, _EMPTY, basic, None, time.perf_counter() - t0
         )
