@@ -20,6 +20,7 @@ from dwcp_selector.errors import (
     BaselineError,
     BaselineMismatchError,
     BaselineMissingError,
+    ContextMissingError,
     CorruptFrameError,
     DwcpError,
     FrameError,
@@ -151,7 +152,7 @@ def test_unknown_version_and_strategy() -> None:
     frame[4] = 9
     with pytest.raises(UnsupportedFrameError, match="version 9"):
         REGISTRY.decode(bytes(frame))
-    frame[4] = 1
+    frame[4] = 2
     frame[5] = 42
     with pytest.raises(UnsupportedFrameError, match="strategy id 42"):
         REGISTRY.decode(bytes(frame))
@@ -228,8 +229,11 @@ def test_container_truncated_at_a_frame_boundary_or_reordered() -> None:
     with pytest.raises(TruncatedFrameError, match="after 3 of 6 chunks"):
         codec.decode(header + b"".join(frames[:3]))
     swapped = [frames[1], frames[0], *frames[2:]]
-    with pytest.raises(CorruptFrameError):
+    with pytest.raises(ContextMissingError):  # chunk 1 needs chunk 0's bytes as its context
         codec.decode(header + b"".join(swapped))
+    light = codec.encode(data, "lz4")
+    with pytest.raises(CorruptFrameError):  # independent chunks: caught by the payload checksum
+        codec.decode(light.header + b"".join([light.frames[1], light.frames[0], *light.frames[2:]]))
     with pytest.raises(CorruptFrameError, match="after its last chunk"):
         codec.decode(enc.to_bytes() + b"x")
     other = codec.encode(_payload(5 * 4096 + 100, seed=9), "zstd")

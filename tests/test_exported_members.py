@@ -24,6 +24,7 @@ EXPECTED = {
     "EncodedPayload",
     "Encoder",
     "FrameError",
+    "ContextMissingError",
     "FrameLimitError",
     "LinkClass",
     "LinkState",

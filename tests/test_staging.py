@@ -110,7 +110,7 @@ def test_records_keep_features_apart_from_outcomes() -> None:
         link = LinkState(rec["f_capacity_bps"], rec["f_rtt_s"], rec["f_loss"], rec["f_utilization"])
         m = StrategyMeasurement(rec["o_zstd_bytes"], rec["o_zstd_encode_s"], rec["o_zstd_decode_s"])
         expected = CostModel().transfer_time(
-            rec["f_payload_bytes"], m, link, SystemState(rec["f_free_cores"])
+            rec["f_payload_bytes"], m, link, SystemState(rec["f_free_cores"]), "zstd"
         )
         assert rec["cost_zstd_s"] == pytest.approx(expected, rel=1e-12)
 

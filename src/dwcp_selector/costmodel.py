@@ -10,9 +10,15 @@ For payload bytes S and strategy s::
 
     r = min(8·W/R, 8·MSS·1.22/(R·√p))        per-stream rate (Mathis), r = 8·W/R when p = 0
     n = clamp(ceil(B / r), 1, 64)             AMST streams, the same for every encoder
-    m = ceil(S / chunk)                       independently coded chunks, k = min(c, m) in parallel
-    E = e_s / k,  X = R + 8·S_s / min(B, n·r),  D = d_s / k
+    m = ceil(S / chunk)                       chunks, encoded on k_e = min(c, m) cores
+    k_d = min(c, m), or min(c, 1) for a strategy whose chunks decode in order (zstd, hde: each chunk
+                                              is coded with the payload bytes before it as context)
+    E = e_s / k_e,  X = R + 8·S_s / min(B, n·r),  D = d_s / k_d
     T_s = max(E, X, D) + (E + D) / m          pipelined
+
+Parameters that later versions added keep, in artifacts written before them, the value that reproduces
+the older formula (``LEGACY_VALUES``), and are left out of the fingerprint at that value: a model priced
+under ``cost-v1`` still loads with its own parameters and its own fingerprint.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +52,11 @@ DEFAULT_WINDOW_CAP = 4 << 20
 DEFAULT_MAX_STREAMS = 64
 DEFAULT_TIE_TOLERANCE = 0.01
 DEFAULT_STRATEGY_ORDER: tuple[str, ...] = ("none", "lz4", "zstd", "hde")
+#: Strategies whose chunks decode in order (their frames carry context; docs/decisions/0006).
+DEFAULT_ORDERED_DECODE: tuple[str, ...] = ("zstd", "hde")
 MATHIS_C = 1.22
+#: Values of later parameters that reproduce the older formula; omitted from the fingerprint.
+LEGACY_VALUES: dict[str, object] = {"ordered_decode": ()}
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -60,7 +71,8 @@ class CostParams:
     max_streams: int = DEFAULT_MAX_STREAMS
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE
     strategy_order: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
-    version: str = "cost-v1"
+    ordered_decode: tuple[str, ...] = DEFAULT_ORDERED_DECODE
+    version: str = "cost-v2"
 
     def __post_init__(self) -> None:
         if self.mss_bytes <= 0 or self.window_cap_bytes <= 0 or self.chunk_size <= 0:
@@ -71,11 +83,32 @@ class CostParams:
             raise ConfigError(f"tie tolerance must be in [0, 1), got {self.tie_tolerance}")
         if len(set(self.strategy_order)) != len(self.strategy_order) or not self.strategy_order:
             raise ConfigError(f"strategy order must list distinct names, got {self.strategy_order}")
+        if not set(self.ordered_decode) <= set(self.strategy_order):
+            raise ConfigError(
+                f"ordered-decode strategies {list(self.ordered_decode)} are not all in the label set"
+            )
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["strategy_order"] = list(self.strategy_order)
+        d["ordered_decode"] = list(self.ordered_decode)
+        for key, legacy in LEGACY_VALUES.items():
+            if d.get(key) in (legacy, list(legacy)):  # type: ignore[call-overload]
+                del d[key]
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> CostParams:
+        """Parameters as :meth:`to_dict` wrote them; a key an older version did not write takes the value
+        that reproduces that version's formula."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d).difference(known)
+        if unknown:
+            raise ConfigError(f"unknown cost-model parameters {sorted(unknown)}")
+        values: dict[str, Any] = {**LEGACY_VALUES, **d}
+        for key in ("strategy_order", "ordered_decode"):
+            values[key] = tuple(values[key])
+        return cls(**values)
 
     @property
     def fingerprint(self) -> str:
@@ -161,18 +194,27 @@ class CostModel:
     def chunks(self, payload_bytes: int) -> int:
         return max(1, -(-payload_bytes // self.params.chunk_size))
 
+    def decodes_in_order(self, strategy: str | None) -> bool:
+        """Whether ``strategy``'s chunks decode one after another (one core), not in parallel."""
+        return strategy is not None and strategy in self.params.ordered_decode
+
     def transfer_time(
         self,
         payload_bytes: int,
         measurement: StrategyMeasurement,
         link: LinkState,
         system: SystemState,
+        strategy: str | None = None,
     ) -> float:
-        """T_s: seconds from the first byte encoded to the last byte decoded."""
+        """T_s: seconds from the first byte encoded to the last byte decoded.
+
+        ``strategy`` names the encoder, whose decode parallelism the parameters state; without it every
+        chunk is taken to decode in parallel.
+        """
         m = self.chunks(payload_bytes)
         k = min(system.free_cores, m)
         enc = measurement.encode_s / k
-        dec = measurement.decode_s / k
+        dec = measurement.decode_s / (min(system.free_cores, 1) if self.decodes_in_order(strategy) else k)
         xmit = link.rtt_s + 8.0 * measurement.compressed_bytes / self.effective_bps(link)
         return max(enc, xmit, dec) + (enc + dec) / m
 
@@ -189,7 +231,7 @@ class CostModel:
     ) -> dict[str, float]:
         """The cost vector: T_s for every measured strategy, in the fixed strategy order."""
         ordered = self.ordered(measurements)
-        return {s: self.transfer_time(payload_bytes, measurements[s], link, system) for s in ordered}
+        return {s: self.transfer_time(payload_bytes, measurements[s], link, system, s) for s in ordered}
 
     def ordered(self, names: Iterable[str]) -> list[str]:
         """Names in the fixed tie-break order; names outside the configured label set are refused."""
@@ -227,6 +269,7 @@ class CostModel:
         rtt_s: FloatArray,
         loss: FloatArray,
         free_cores: FloatArray,
+        strategy: str | None = None,
     ) -> FloatArray:
         """The same formula as :meth:`transfer_time`, element-wise over numpy arrays."""
         p = self.params
@@ -234,7 +277,7 @@ class CostModel:
         m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
         k = np.minimum(free_cores, m)
         enc = encode_s / k
-        dec = decode_s / k
+        dec = decode_s / (np.minimum(free_cores, 1.0) if self.decodes_in_order(strategy) else k)
         xmit = rtt_s + 8.0 * compressed_bytes / rate
         result: FloatArray = np.maximum(np.maximum(enc, xmit), dec) + (enc + dec) / m
         return result

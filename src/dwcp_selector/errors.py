@@ -12,7 +12,8 @@ answers with, so library, CLI and HTTP share one mapping::
     │   ├── TruncatedFrameError             ends before its declared size
     │   ├── CorruptFrameError               bad magic, bad field, undecodable body, checksum mismatch
     │   ├── UnsupportedFrameError           a format version or strategy id this build does not know
-    │   └── FrameLimitError                 a declared size beyond the decoder's limits (no bombs)
+    │   ├── FrameLimitError                 a declared size beyond the decoder's limits (no bombs)
+    │   └── ContextMissingError             a chunk that needs the payload bytes before it, decoded alone
     ├── BaselineError                 409  HDE reference problems
     │   ├── BaselineMissingError            the frame's baseline is not available
     │   └── BaselineMismatchError           a baseline is available but it is not the one encoded against
@@ -34,6 +35,7 @@ __all__ = [
     "BaselineMismatchError",
     "BaselineMissingError",
     "ConfigError",
+    "ContextMissingError",
     "CorruptFrameError",
     "DictionaryError",
     "DwcpError",
@@ -89,6 +91,11 @@ class UnsupportedFrameError(FrameError):
 
 class FrameLimitError(FrameError):
     """A declared size beyond the decoder's limits: refused before any memory is committed."""
+
+
+class ContextMissingError(FrameError):
+    """A chunk coded with the payload's preceding bytes as context was given no (or too little) context:
+    decode the chunks of a payload in order (``PayloadCodec`` and the AMST receiver do)."""
 
 
 class BaselineError(DwcpError):

@@ -247,6 +247,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
             _np(table, "f_rtt_s"),
             _np(table, "f_loss"),
             _np(table, "f_free_cores"),
+            s,
         )
         recomputed[have, j] = t[have]
     with np.errstate(invalid="ignore"):

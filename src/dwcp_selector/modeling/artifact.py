@@ -138,11 +138,20 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
         )
     if manifest.get("label_set") != list(STRATEGIES):
         raise ArtifactError(f"model's label set {manifest.get('label_set')} is not {list(STRATEGIES)}")
-    cm = cost_model or CostModel()
-    if manifest.get("cost_params_fingerprint") != cm.params.fingerprint:
+    try:
+        cost_params = CostParams.from_dict(manifest["cost_params"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / MANIFEST} has invalid cost-model parameters: {exc}") from exc
+    if manifest.get("cost_params_fingerprint") != cost_params.fingerprint:
         raise ArtifactError(
-            f"model was trained for cost model {manifest.get('cost_params_fingerprint')}, this build prices "
-            f"with {cm.params.fingerprint}: its labels and costs would not match"
+            f"{path / MANIFEST} states cost model {manifest.get('cost_params_fingerprint')} but its "
+            f"parameters are {cost_params.fingerprint}"
+        )
+    # A model prices with the cost model it was trained for; a caller that needs a given one says so.
+    if cost_model is not None and cost_params.fingerprint != cost_model.params.fingerprint:
+        raise ArtifactError(
+            f"model was trained for cost model {cost_params.fingerprint}, the caller prices with "
+            f"{cost_model.params.fingerprint}: its labels and costs would not match"
         )
     tiers = {}
     for name, t in manifest.get("tiers", {}).items():
@@ -176,9 +185,7 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
         times=DecisionTimes(**manifest["times"]),
         policy=PolicyParams(**manifest["policy"]),
         temperature=float(manifest.get("temperature", 1.0)),
-        cost_params=CostParams(
-            **{**manifest["cost_params"], "strategy_order": tuple(manifest["cost_params"]["strategy_order"])}
-        ),
+        cost_params=cost_params,
         data_fingerprint=str(manifest.get("data_fingerprint", "")),
         metrics=dict(manifest.get("metrics", {})),
         extra=dict(manifest.get("extra", {})),

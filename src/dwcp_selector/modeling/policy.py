@@ -173,6 +173,7 @@ def cmil_costs_array(
             link_cols["f_rtt_s"],
             link_cols["f_loss"],
             link_cols["f_free_cores"],
+            STRATEGIES[j],
         )
         costs[:, j] = np.where(offered[:, j], t, np.inf)
     return costs
@@ -194,7 +195,7 @@ def cmil_costs_scalar(
         m = StrategyMeasurement(
             int(max(size, 1) * 2.0 ** pred[3 * j]), 2.0 ** pred[3 * j + 1], 2.0 ** pred[3 * j + 2]
         )
-        out[s] = cost_model.transfer_time(size, m, link, system)
+        out[s] = cost_model.transfer_time(size, m, link, system, s)
     return out
 
 

@@ -2,8 +2,12 @@
 
 An :class:`Encoder` turns bytes into one self-describing frame (``frame.py``) and back. Subclasses write
 only the body: :meth:`Encoder._encode_body` and :meth:`Encoder._decode_body`. Framing, checksums, the
-declared-length bound and the output checks live here once, so every strategy is held to the same
-contract by the conformance suite (``tests/test_conformance.py``).
+declared-length bound, the context a frame depends on and the output checks live here once, so every
+strategy is held to the same contract by the conformance suite (``tests/test_conformance.py``).
+
+A strategy whose chunks see the payload's preceding bytes (``uses_context``) encodes chunks in parallel
+(the whole payload is at hand) but decodes them in order: each frame names how many preceding bytes it
+needs, and :meth:`Encoder.decode_parsed` refuses to decode it without them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._types import BytesLike
-from ..errors import CorruptFrameError, StrategyError, UnsupportedFrameError
+from ..errors import ContextMissingError, CorruptFrameError, StrategyError, UnsupportedFrameError
 from .baseline import Baseline, BaselineSource
 from .checksum import ChecksumAlgo, checksum
 from .frame import FrameHeader, pack_frame, parse_frame, parse_header
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
+    "Body",
     "ChunkContext",
     "Encoder",
     "Registry",
@@ -35,13 +40,26 @@ class ChunkContext:
     """Where the bytes being encoded sit in the whole payload, and what the encoder planned for it.
 
     ``plan`` is what :meth:`Encoder.plan` returned for the whole payload (HDE's tier choice); encoders
-    that need no plan ignore it. A context of ``None`` means "these bytes are the whole payload".
+    that need no plan ignore it. ``payload`` is the whole payload, so that an encoder with context can
+    use the bytes before ``offset``; without it a chunk is coded on its own. A context of ``None`` means
+    "these bytes are the whole payload".
     """
 
     offset: int = 0
     payload_length: int | None = None
     payload_type: str | None = None
     plan: object | None = None
+    payload: memoryview | None = None
+
+    def history(self, limit: int) -> memoryview:
+        """Up to ``limit`` payload bytes immediately before this chunk (empty without ``payload``)."""
+        if self.payload is None or limit <= 0 or self.offset <= 0:
+            return memoryview(b"")
+        return self.payload[max(0, self.offset - limit) : self.offset]
+
+
+#: What an encoder's body step returns: (variant, extension, body, context length used).
+Body = tuple[int, bytes, BytesLike, int]
 
 
 def as_view(data: BytesLike) -> memoryview:
@@ -59,6 +77,8 @@ class Encoder(abc.ABC):
     name: ClassVar[str]
     strategy_id: ClassVar[int]
     needs_baseline: ClassVar[bool] = False
+    #: Whether chunks may depend on the payload bytes before them (then they decode in order).
+    uses_context: ClassVar[bool] = False
 
     def __init__(self, *, checksum_algo: ChecksumAlgo = ChecksumAlgo.XXH3_64) -> None:
         self.checksum_algo = checksum_algo
@@ -88,8 +108,10 @@ class Encoder(abc.ABC):
         if context is None:
             context = ChunkContext(payload_length=len(view))
         csum = checksum(self.checksum_algo, view)
-        variant, ext, body = self._encode_body(view, baseline, context)
-        return pack_frame(self.strategy_id, variant, self.checksum_algo, len(view), csum, ext, body)
+        variant, ext, body, context_length = self._encode_body(view, baseline, context)
+        return pack_frame(
+            self.strategy_id, variant, self.checksum_algo, len(view), csum, ext, body, context_length
+        )
 
     def decode(
         self,
@@ -97,18 +119,43 @@ class Encoder(abc.ABC):
         *,
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        history: BytesLike | None = None,
     ) -> bytes:
-        """Decode one frame of this strategy, verifying its length and checksum."""
+        """Decode one frame of this strategy, verifying its length and checksum.
+
+        ``history`` holds the payload bytes before this chunk (at least as many as the frame's context
+        length; only the last ones are used).
+        """
         header, body = parse_frame(frame, max_original_length=max_output)
         if header.strategy_id != self.strategy_id:
             raise UnsupportedFrameError(
                 f"frame has strategy id {header.strategy_id}; the {self.name!r} decoder cannot read it"
             )
-        return self.decode_parsed(header, body, baseline)
+        return self.decode_parsed(header, body, baseline, history)
 
-    def decode_parsed(self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None) -> bytes:
+    def decode_parsed(
+        self,
+        header: FrameHeader,
+        body: memoryview,
+        baseline: BaselineSource | None,
+        history: BytesLike | None = None,
+    ) -> bytes:
         """Decode an already parsed frame (the registry and the transport parse once)."""
-        out = self._decode_body(header, body, baseline)
+        need = header.context_length
+        if need and not self.uses_context:
+            raise CorruptFrameError(f"{self.name} frame claims a context, which {self.name} never uses")
+        if need:
+            have = 0 if history is None else len(history)
+            if have < need:
+                raise ContextMissingError(
+                    f"{self.name} frame depends on the {need} payload bytes before it, {have} were supplied: "
+                    "decode the chunks of a payload in order"
+                )
+            assert history is not None
+            context = as_view(history)[have - need :]
+        else:
+            context = memoryview(b"")
+        out = self._decode_body(header, body, baseline, context)
         if len(out) != header.original_length:
             raise CorruptFrameError(
                 f"{self.name} frame decoded to {len(out)} bytes, header declares {header.original_length}"
@@ -120,14 +167,15 @@ class Encoder(abc.ABC):
         return out
 
     @abc.abstractmethod
-    def _encode_body(
-        self, data: memoryview, baseline: Baseline | None, context: ChunkContext
-    ) -> tuple[int, bytes, BytesLike]:
-        """Return (variant, extension, body) for ``data``."""
+    def _encode_body(self, data: memoryview, baseline: Baseline | None, context: ChunkContext) -> Body:
+        """Return (variant, extension, body, context length) for ``data``."""
 
     @abc.abstractmethod
-    def _decode_body(self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None) -> bytes:
-        """Return the original bytes; the caller checks length and checksum."""
+    def _decode_body(
+        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
+    ) -> bytes:
+        """Return the original bytes; ``context`` is exactly the frame's context length of preceding
+        payload bytes. The caller checks length and checksum."""
 
 
 class Registry:
@@ -180,10 +228,11 @@ class Registry:
         *,
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        history: BytesLike | None = None,
     ) -> bytes:
         """Decode a frame of any registered strategy."""
         header, body = parse_frame(frame, max_original_length=max_output)
-        return self.by_id(header.strategy_id).decode_parsed(header, body, baseline)
+        return self.by_id(header.strategy_id).decode_parsed(header, body, baseline, history)
 
     def parse(
         self, frame: BytesLike, *, max_output: int = DEFAULT_MAX_OUTPUT

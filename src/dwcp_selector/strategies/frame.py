@@ -4,16 +4,22 @@ One frame carries one independently coded piece of a payload (an AMST chunk, or 
 
     offset  size  field
     0       4     magic b"DWCF"
-    4       1     format version (1)
+    4       1     format version (2)
     5       1     strategy id (0 none, 1 lz4, 2 zstd, 3 hde)
     6       1     flags: bit 0 checksum algorithm (0 xxh3-64, 1 crc32c), bits 4-7 strategy variant,
                   bits 1-3 reserved (must be 0)
     7       var   original length (unsigned LEB128 varint)
             var   body length (varint)
+            var   context length (varint): how many payload bytes immediately before this chunk the
+                  decoder must supply (0: the chunk decodes on its own)
             8|4   checksum of the original bytes (little endian)
             var   extension length (varint), then the strategy's extension: the zstd dictionary id,
                   HDE's baseline id, checksum, size and reference range
             ...   body
+
+A chunk coded with context (zstd and HDE's region frames see the payload's preceding bytes, as zstd's
+multi-threaded mode lets each job see the previous job's tail) says so in its header, so a receiver can
+tell which chunks it must decode in order without knowing any strategy.
 
 Parsing checks every field against the buffer and the caller's limit before any memory is committed;
 decoding (in the encoders) checks the output length and checksum. Varints keep the header at 16–40 bytes,
@@ -32,6 +38,7 @@ from .checksum import ChecksumAlgo
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_CONTEXT_LENGTH",
     "FrameHeader",
     "Reader",
     "pack_frame",
@@ -40,7 +47,9 @@ __all__ = [
 ]
 
 MAGIC = b"DWCF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Largest context a frame may depend on (16 MiB): bounds the history a decoder keeps.
+MAX_CONTEXT_LENGTH = 16 << 20
 _MAX_VARINT_BYTES = 10
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -130,6 +139,7 @@ class FrameHeader:
     ext: bytes
     header_length: int
     body_length: int
+    context_length: int = 0
 
     @property
     def frame_length(self) -> int:
@@ -144,10 +154,13 @@ def pack_frame(
     checksum: int,
     ext: bytes,
     body: BytesLike,
+    context_length: int = 0,
 ) -> bytes:
     """Assemble a frame; ``body`` is copied once into the result."""
     if not 0 <= variant <= 15:
         raise ValueError("variant must fit in 4 bits")
+    if not 0 <= context_length <= MAX_CONTEXT_LENGTH:
+        raise ValueError(f"context length must be in 0..{MAX_CONTEXT_LENGTH}")
     flags = (variant << 4) | int(algo)
     csum = _U64.pack(checksum) if algo is ChecksumAlgo.XXH3_64 else _U32.pack(checksum)
     header = b"".join(
@@ -156,6 +169,7 @@ def pack_frame(
             bytes((FORMAT_VERSION, strategy_id, flags)),
             varint(original_length),
             varint(len(body)),
+            varint(context_length),
             csum,
             varint(len(ext)),
             ext,
@@ -209,6 +223,11 @@ def parse_header(buf: BytesLike, *, max_original_length: int, pos: int = 0) -> F
             f"{max_original_length}"
         )
     body_length = r.varint()
+    context_length = r.varint()
+    if context_length > MAX_CONTEXT_LENGTH:
+        raise FrameLimitError(
+            f"frame depends on {context_length} bytes of context, above the limit of {MAX_CONTEXT_LENGTH}"
+        )
     csum = r.u64() if algo is ChecksumAlgo.XXH3_64 else r.u32()
     ext_len = r.varint()
     if ext_len > 4096:
@@ -223,4 +242,5 @@ def parse_header(buf: BytesLike, *, max_original_length: int, pos: int = 0) -> F
         ext=ext,
         header_length=r.pos - pos,
         body_length=body_length,
+        context_length=context_length,
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import lz4.block
 
-from .._types import BytesLike
 from ..errors import CorruptFrameError
-from .base import ChunkContext, Encoder
+from .base import Body, ChunkContext, Encoder
 from .baseline import Baseline, BaselineSource
 from .frame import FrameHeader
 
@@ -22,17 +21,17 @@ class Lz4Encoder(Encoder):
     name = "lz4"
     strategy_id = 1
 
-    def _encode_body(
-        self, data: memoryview, baseline: Baseline | None, context: ChunkContext
-    ) -> tuple[int, bytes, BytesLike]:
+    def _encode_body(self, data: memoryview, baseline: Baseline | None, context: ChunkContext) -> Body:
         if len(data) == 0:
-            return _STORED, b"", data
+            return _STORED, b"", data, 0
         packed = lz4.block.compress(data, store_size=False)
         if len(packed) >= len(data):
-            return _STORED, b"", data
-        return _COMPRESSED, b"", packed
+            return _STORED, b"", data, 0
+        return _COMPRESSED, b"", packed, 0
 
-    def _decode_body(self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None) -> bytes:
+    def _decode_body(
+        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
+    ) -> bytes:
         if header.variant == _STORED:
             return bytes(body)
         if header.variant != _COMPRESSED or header.original_length == 0:

@@ -1,8 +1,10 @@
-"""Whole payloads: split into 1 MiB chunks, each coded independently into a frame, kept in a container.
+"""Whole payloads: split into 1 MiB chunks, each coded into a frame, kept in a container.
 
-AMST sends a payload as chunks on parallel streams, and the cost model assumes the chunks are encoded and
-decoded in parallel; :class:`PayloadCodec` is that chunking, shared by the transport, the ``measure``
-command and the ``encode``/``decode`` commands. On disk (and in ``compressed_bytes``) an encoded payload is
+AMST sends a payload as chunks on parallel streams. Chunks are always *encoded* independently (in
+parallel), but a strategy with context (zstd, HDE's region frames) codes each chunk with the payload
+bytes before it as history, and such chunks *decode* in order: every frame names the context it needs.
+:class:`PayloadCodec` is that chunking, shared by the transport, the ``measure`` command and the
+``encode``/``decode`` commands. On disk (and in ``compressed_bytes``) an encoded payload is
 a container::
 
     magic b"DWCS", version (1), strategy id, flags (0),
@@ -14,12 +16,14 @@ self-describing already, and small deltas are where 22 bytes of header show.
 
 Decoding checks the chunk count, every chunk's length and the whole payload's checksum, so a container cut
 at a frame boundary, frames reordered or a frame from another payload are all refused. Decoding a file
-works chunk by chunk: memory stays at a few chunks whatever the payload size.
+works chunk by chunk: memory stays at a few chunks plus the context history (at most
+``MAX_CONTEXT_LENGTH``, 16 MiB) whatever the payload size.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -39,12 +43,13 @@ from ..errors import (
 from .base import DEFAULT_MAX_OUTPUT, ChunkContext, Registry, as_view
 from .baseline import Baseline, BaselineSource
 from .frame import MAGIC as FRAME_MAGIC
-from .frame import FrameHeader, Reader, parse_frame, parse_header, varint
+from .frame import MAX_CONTEXT_LENGTH, FrameHeader, Reader, parse_frame, parse_header, varint
 
 __all__ = [
     "CONTAINER_MAGIC",
     "MAX_CHUNK_SIZE",
     "ContainerHeader",
+    "DecodeHistory",
     "EncodedPayload",
     "PayloadCodec",
 ]
@@ -145,6 +150,45 @@ class EncodedPayload:
         return b"".join((self.header, *self.frames))
 
 
+class DecodeHistory:
+    """The last decoded bytes of a payload, enough for any frame's context, and no more.
+
+    Chunks are kept as they were decoded (no copy) until the bytes after them exceed ``limit``.
+    """
+
+    __slots__ = ("_chunks", "_length", "limit")
+
+    def __init__(self, limit: int = MAX_CONTEXT_LENGTH) -> None:
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._length += len(chunk)
+        while self._chunks and self._length - len(self._chunks[0]) >= self.limit:
+            self._length -= len(self._chunks.popleft())
+
+    def tail(self, n: int) -> BytesLike:
+        """The last ``n`` bytes (fewer when fewer were decoded); a view when one chunk holds them."""
+        if n <= 0 or not self._chunks:
+            return b""
+        last = self._chunks[-1]
+        if n <= len(last):
+            return memoryview(last)[len(last) - n :]
+        parts: list[bytes] = []
+        need = n
+        for chunk in reversed(self._chunks):
+            parts.append(chunk if len(chunk) <= need else chunk[len(chunk) - need :])
+            need -= len(parts[-1])
+            if need <= 0:
+                break
+        return b"".join(reversed(parts))
+
+
 def _check_chunk(header: ContainerHeader, index: int, fh: FrameHeader) -> None:
     if fh.strategy_id != header.strategy_id:
         raise CorruptFrameError(
@@ -206,7 +250,9 @@ class PayloadCodec:
         for index in range(self.chunk_count(size)):
             start = index * self.chunk_size
             chunk = view[start : start + self.chunk_size]
-            context = ChunkContext(offset=start, payload_length=size, payload_type=payload_type, plan=plan)
+            context = ChunkContext(
+                offset=start, payload_length=size, payload_type=payload_type, plan=plan, payload=view
+            )
             yield index, encoder.encode(chunk, baseline=baseline, context=context)
 
     def encode(
@@ -256,6 +302,7 @@ class PayloadCodec:
         self.registry.by_id(header.strategy_id)  # refuses an unknown strategy before any chunk
         pos = header.header_length
         digest = xxhash.xxh3_64()
+        history = DecodeHistory()
         for index in range(header.chunk_count):
             if pos >= len(view):
                 raise TruncatedFrameError(
@@ -270,9 +317,10 @@ class PayloadCodec:
                 )
             _check_chunk(header, index, fh)
             chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
-                fh, view[pos + fh.header_length : end], baseline
+                fh, view[pos + fh.header_length : end], baseline, history.tail(fh.context_length)
             )
             digest.update(chunk)
+            history.append(chunk)
             pos = end
             yield chunk
         if pos != len(view):
@@ -297,11 +345,15 @@ class PayloadCodec:
             0,
         )
         digest = xxhash.xxh3_64()
+        history = DecodeHistory()
         for index, frame in enumerate(encoded.frames):
             fh, body = parse_frame(frame, max_original_length=header.chunk_size)
             _check_chunk(header, index, fh)
-            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
+            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
+                fh, body, baseline, history.tail(fh.context_length)
+            )
             digest.update(chunk)
+            history.append(chunk)
             yield chunk
         if digest.intdigest() != header.payload_checksum:
             raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")

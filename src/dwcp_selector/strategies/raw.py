@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .._types import BytesLike
-from .base import ChunkContext, Encoder
+from .base import Body, ChunkContext, Encoder
 from .baseline import Baseline, BaselineSource
 from .frame import FrameHeader
 
@@ -16,10 +15,10 @@ class RawEncoder(Encoder):
     name = "none"
     strategy_id = 0
 
-    def _encode_body(
-        self, data: memoryview, baseline: Baseline | None, context: ChunkContext
-    ) -> tuple[int, bytes, BytesLike]:
-        return 0, b"", data
+    def _encode_body(self, data: memoryview, baseline: Baseline | None, context: ChunkContext) -> Body:
+        return 0, b"", data, 0
 
-    def _decode_body(self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None) -> bytes:
+    def _decode_body(
+        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
+    ) -> bytes:
         return bytes(body)

@@ -80,6 +80,7 @@ def probe_choice(split: Split, cost_model: CostModel) -> tuple[np.ndarray, np.nd
             _col(split, "f_rtt_s"),
             _col(split, "f_loss"),
             _col(split, "f_free_cores"),
+            s,
         )
         est[:, j] = np.where(ok, t, np.inf)
         paid += np.where(ok, np.nan_to_num(e) + np.nan_to_num(d), 0.0)

@@ -1,7 +1,10 @@
 """The AMST receiver: accepts the parallel streams of transfers, decodes chunks, verifies, answers.
 
 Each stream is served by its own thread (the codecs release the GIL, so chunks decode in parallel). A
-transfer completes when every stream has sent END, every chunk has arrived exactly once and the whole
+chunk coded with context (its frame header names how many payload bytes before it it needs) waits until
+those bytes are decoded; whichever thread completes them decodes the waiting chunks, so chunks of
+ordered strategies decode in order as soon as they can and the others in parallel. A transfer
+completes when every stream has sent END, every chunk has arrived exactly once and decoded, and the whole
 payload's checksum matches; the receiver then answers "ok" on stream 0. Anything else (a stream that
 closes early, a missing stream, garbage, a frame that does not decode, a baseline it lacks) fails the
 transfer with a typed error that names what is missing, closes its streams so the sender learns at once,
@@ -31,6 +34,7 @@ from ..errors import (
 )
 from ..strategies import BaselineStore, Registry, default_registry
 from ..strategies.baseline import Baseline
+from ..strategies.frame import FrameHeader
 from ..strategies.payload import MAX_CHUNK_SIZE
 from .protocol import CHUNK_HEADER, END, MSG_CHUNK, MSG_END, Hello, pack_result, recv_exact
 
@@ -93,6 +97,9 @@ class _Transfer:
             self.baseline = receiver.baselines.lookup(m.baseline_id, m.baseline_checksum, m.baseline_length)
         self.output = bytearray(m.payload_length)
         self.received = bytearray(m.chunk_count)
+        self.decoded = bytearray(m.chunk_count)
+        # frames that arrived before the payload bytes they depend on: index -> (header, frame bytes)
+        self.waiting: dict[int, tuple[FrameHeader, bytes]] = {}
         self.timer = threading.Timer(receiver.timeout_s, self._connect_timeout)
         self.timer.daemon = True
         self.timer.start()
@@ -161,15 +168,55 @@ class _Transfer:
                 chunk_index
             ):
                 raise ProtocolError(f"chunk {chunk_index} does not match the manifest (strategy or length)")
-            data = self.encoder.decode_parsed(header, body, self.baseline)
             start = chunk_index * m.chunk_size
+            if header.context_length > start:
+                raise ProtocolError(
+                    f"chunk {chunk_index} depends on {header.context_length} bytes before it; "
+                    f"only {start} precede it"
+                )
             with self.lock:
                 if self.received[chunk_index]:
                     raise ProtocolError(f"chunk {chunk_index} arrived twice")
                 self.received[chunk_index] = 1
                 self.wire_bytes += frame_len + CHUNK_HEADER.size
-            self.output[start : start + len(data)] = data
+                ready = self._context_ready(chunk_index, header.context_length)
+                if not ready:
+                    self.waiting[chunk_index] = (header, bytes(frame))  # buf is reused for the next frame
+            if ready:
+                self._decode(chunk_index, header, body)
             count += 1
+
+    def _context_ready(self, chunk_index: int, context_length: int) -> bool:
+        """Whether every chunk holding the ``context_length`` bytes before this one is decoded (locked)."""
+        if context_length == 0:
+            return True
+        size = self.manifest.chunk_size
+        first = (chunk_index * size - context_length) // size
+        return all(self.decoded[first:chunk_index])
+
+    def _decode(self, chunk_index: int, header: FrameHeader, body: memoryview) -> None:
+        """Decode a chunk whose context is complete, then every waiting chunk that this completes."""
+        size = self.manifest.chunk_size
+        while True:
+            start = chunk_index * size
+            history = memoryview(self.output)[start - header.context_length : start]
+            data = self.encoder.decode_parsed(header, body, self.baseline, history)
+            self.output[start : start + len(data)] = data
+            with self.lock:
+                self.decoded[chunk_index] = 1
+                nxt = next(
+                    (
+                        i
+                        for i, (h, _) in sorted(self.waiting.items())
+                        if self._context_ready(i, h.context_length)
+                    ),
+                    None,
+                )
+                if nxt is None:
+                    return
+                header, frame = self.waiting.pop(nxt)
+            chunk_index = nxt
+            body = memoryview(frame)[header.header_length : header.frame_length]
 
     def stream_ended(self, index: int, count: int) -> None:
         with self.lock:
@@ -186,6 +233,10 @@ class _Transfer:
                     f"transfer {self.id}: every stream ended but chunks {missing[:20]} are missing"
                 )
             )
+            return
+        undecoded = [i for i, done in enumerate(self.decoded) if not done]
+        if undecoded:  # pragma: no cover - every stream drains what it completes before reading END
+            self.fail(ProtocolError(f"transfer {self.id}: chunks {undecoded[:20]} never decoded"))
             return
         if xxhash.xxh3_64_intdigest(self.output) != self.manifest.payload_checksum:
             self.fail(ProtocolError(f"transfer {self.id}: payload checksum mismatch after reassembly"))

@@ -3,9 +3,10 @@
 The stream count comes from the link (``CostModel.streams``: enough streams for their aggregate Mathis
 rate to cover the available bandwidth, 1..64) or is given. Chunks are handed out from one queue, so a slow
 stream takes fewer chunks; each stream thread encodes its chunks itself, which spreads encoding over the
-cores (the codecs release the GIL). The send is complete only when the receiver answers that it
-reassembled and verified the payload; otherwise :meth:`AmstSender.send` raises the receiver's error, or
-the local stream failure, naming what did not arrive.
+cores (the codecs release the GIL). Encoding is chunk-parallel for every strategy: a chunk coded with
+context reads the payload bytes before it, which the sender has. The send is complete only when the
+receiver answers that it reassembled and verified the payload; otherwise :meth:`AmstSender.send` raises
+the receiver's error, or the local stream failure, naming what did not arrive.
 """
 
 from __future__ import annotations
@@ -158,7 +159,11 @@ class AmstSender:
                             break
                         start = index * self.chunk_size
                         context = ChunkContext(
-                            offset=start, payload_length=size, payload_type=payload_type, plan=plan
+                            offset=start,
+                            payload_length=size,
+                            payload_type=payload_type,
+                            plan=plan,
+                            payload=view,
                         )
                         frame = encoder.encode(
                             view[start : start + self.chunk_size], baseline=baseline, context=context
