@@ -98,13 +98,22 @@ def test_label_array_matches_decide() -> None:
     cores=st.floats(0.5, 32),
     u=st.floats(0, 0.9),
     loss=st.floats(0, 0.03),
+    strategy=st.sampled_from([None, "none", "lz4", "zstd", "hde"]),
 )
 def test_array_path_equals_scalar_path(
-    payload: int, ratio: float, enc: float, dec: float, link: str, cores: float, u: float, loss: float
+    payload: int,
+    ratio: float,
+    enc: float,
+    dec: float,
+    link: str,
+    cores: float,
+    u: float,
+    loss: float,
+    strategy: str | None,
 ) -> None:
     ls = link_from_class(link, utilization=u, loss=loss)
     comp = int(payload * ratio)
-    scalar = CM.transfer_time(payload, StrategyMeasurement(comp, enc, dec), ls, SystemState(cores))
+    scalar = CM.transfer_time(payload, StrategyMeasurement(comp, enc, dec), ls, SystemState(cores), strategy)
     f = lambda v: np.array([v], dtype=float)  # noqa: E731
     arr = CM.transfer_time_array(
         f(payload),
@@ -116,6 +125,7 @@ def test_array_path_equals_scalar_path(
         f(ls.rtt_s),
         f(ls.loss),
         f(cores),
+        strategy,
     )
     assert arr[0] == pytest.approx(scalar, rel=1e-12)
 
@@ -154,3 +164,55 @@ def test_params_fingerprint_changes_with_any_parameter() -> None:
     assert CostParams(tie_tolerance=0.02).fingerprint != base.fingerprint
     with pytest.raises(ConfigError):
         CostParams(max_streams=0)
+
+
+def test_strategies_with_context_decode_on_one_core() -> None:
+    link = LinkState(capacity_bps=10e9, rtt_s=0.0002)
+    m = StrategyMeasurement(compressed_bytes=MiB, encode_s=0.08, decode_s=0.04)
+    payload, system = 8 * MiB, SystemState(free_cores=4)
+    x = 0.0002 + 8 * MiB / 10e9
+    e = 0.08 / 4
+    assert CM.transfer_time(payload, m, link, system, "lz4") == pytest.approx(
+        max(e, x, 0.01) + (e + 0.01) / 8
+    )
+    assert CM.transfer_time(payload, m, link, system, "zstd") == pytest.approx(
+        max(e, x, 0.04) + (e + 0.04) / 8
+    )
+    assert CM.decodes_in_order("hde") and not CM.decodes_in_order("none")
+    # half a core is still half a core
+    half = SystemState(free_cores=0.5)
+    assert CM.transfer_time(payload, m, link, half, "zstd") == pytest.approx(
+        max(0.16, x, 0.08) + (0.16 + 0.08) / 8
+    )
+    costs = CM.costs(payload, {"lz4": m, "zstd": m}, link, system)
+    assert costs["zstd"] > costs["lz4"]
+
+
+def test_the_ordered_strategies_are_the_ones_whose_frames_carry_context() -> None:
+    from dwcp_selector.strategies import default_registry
+
+    assert {e.name for e in default_registry() if e.uses_context} == set(CostParams().ordered_decode)
+
+
+def test_parameters_of_an_older_version_keep_their_fingerprint() -> None:
+    # what cost-v1 wrote, before ordered decode existed (the shipped model's manifest holds it)
+    v1 = {
+        "chunk_size": MiB,
+        "max_streams": 64,
+        "mss_bytes": 1448,
+        "strategy_order": ["none", "lz4", "zstd", "hde"],
+        "tie_tolerance": 0.01,
+        "version": "cost-v1",
+        "window_cap_bytes": 4 * MiB,
+    }
+    old = CostParams.from_dict(v1)
+    assert old.ordered_decode == ()
+    assert old.fingerprint == "fb321107037ed603"
+    assert CostModel(old).transfer_time(
+        8 * MiB, StrategyMeasurement(MiB, 0.0, 0.08), LinkState(1e9, 0.01), SystemState(4), "zstd"
+    ) == pytest.approx(max(0.01 + 8 * MiB / 1e9, 0.08 / 4) + 0.02 / 8)  # decoded on 4 cores
+    assert CostParams.from_dict(CostParams().to_dict()) == CostParams()
+    with pytest.raises(ConfigError, match="unknown"):
+        CostParams.from_dict({**v1, "bogus": 1})
+    with pytest.raises(ConfigError, match="ordered"):
+        CostParams(ordered_decode=("brotli",))
