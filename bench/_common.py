@@ -47,6 +47,42 @@ def machine() -> dict[str, Any]:
     }
 
 
+def label_provenance() -> dict[str, Any]:
+    """What priced the labels a result describes: the encoders' frame format and the cost model."""
+    from dwcp_selector.costmodel import CostParams
+    from dwcp_selector.strategies.frame import FORMAT_VERSION
+
+    params = CostParams()
+    return {
+        "frame_format": FORMAT_VERSION,
+        "cost_model": params.version,
+        "cost_fingerprint": params.fingerprint,
+    }
+
+
+#: Results written before their JSON recorded it: the encoders then were frame format 1 (every chunk coded
+#: on its own, HDE tier 2 as XOR with the old page) and the cost model cost-v1.
+FORMAT_1_LABELS = {"frame_format": 1, "cost_model": "cost-v1", "cost_fingerprint": "fb321107037ed603"}
+
+
+def provenance_note(labels: dict[str, Any] | None) -> str:
+    """One paragraph saying which encoders the labels came from, and whether this build still has them."""
+    labels = labels or FORMAT_1_LABELS
+    now = label_provenance()
+    text = (
+        f"**Labels** from the encoders of frame format {labels['frame_format']}, priced by cost model "
+        f"`{labels['cost_model']}` (`{labels['cost_fingerprint']}`)."
+    )
+    if labels["frame_format"] != now["frame_format"] or labels["cost_fingerprint"] != now["cost_fingerprint"]:
+        text += (
+            f" This build's encoders are frame format {now['frame_format']} and it prices with "
+            f"`{now['cost_model']}` (`{now['cost_fingerprint']}`): these figures describe the earlier "
+            "encoders and stay as they were measured until the data is collected again with this build "
+            "(`docs/decisions/0006-context-across-chunks.md`)."
+        )
+    return text
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median wall seconds of ``repeats`` calls, and the last result (single-threaded: wall = one core)."""
     times = []

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, machine, write
+from _common import RESULTS, label_provenance, machine, provenance_note, write
 from dwcp_selector.costmodel import CostModel
 from dwcp_selector.modeling.artifact import ModelArtifact, load_artifact
 from dwcp_selector.modeling.decide import Decider
@@ -60,6 +60,8 @@ def render(doc: dict[str, Any]) -> str:
         f"{m['dwcp_selector']}. Definitions: DESIGN section 5 and `docs/training.md`. Gains are aggregate "
         "(Σ baseline time / Σ model time − 1) unless marked per transfer; every model figure includes the "
         "decision's own time, measured on this host.",
+        "",
+        provenance_note(doc.get("labels")),
         "",
         f"Chosen by validation mean regret: **{s['chosen']}** "
         f"({doc['model']['size_bytes']:,} bytes of ONNX), "
@@ -301,9 +303,18 @@ def _single_row_paths(artifact: ModelArtifact, val: Split, test: Split) -> dict[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument(
+        "--render-only", action="store_true", help="rewrite the page from bench/results/model.json alone"
+    )
     args = ap.parse_args()
+    if args.render_only:
+        OUT.write_text(render(json.loads((RESULTS / "model.json").read_text())))
+        print(f"wrote {OUT}")
+        return
+    if args.model is None or args.data is None:
+        ap.error("--model and --data are required (or --render-only)")
     artifact = load_artifact(args.model)
     splits, _, manifest = load_dataset(args.data)
     evaluation = {name: evaluate_artifact(artifact, split) for name, split in splits.items()}
@@ -326,6 +337,7 @@ def main() -> None:
     repeat = RESULTS / "label_repeatability.json"
     doc = {
         "machine": machine(),
+        "labels": label_provenance(),
         "model": {"size_bytes": artifact.size_bytes(), "kind": artifact.kind, "family": artifact.family},
         "dataset_rows": manifest["rows"],
         "holdout_types": manifest.get("holdout_types", []),

@@ -28,47 +28,99 @@ def _num(x: float | None, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
 
+_OURS = ("none", "lz4", "zstd", "hde")
+
+
+def _codec_columns(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.setdefault(r["codec"], None)
+    return [c for c in _OURS if c in seen] + [c for c in seen if c not in _OURS]
+
+
+def _matrix(rows: list[dict[str, Any]], key: str, fmt: str) -> list[str]:
+    """One line per payload, one column per codec."""
+    cols = _codec_columns(rows)
+    payloads: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        payloads.setdefault(r["family"], {})[r["codec"]] = r
+    heads = [f"**{c}**" if c in _OURS else c for c in cols]
+    lines = ["| payload | MiB | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for family, by in payloads.items():
+        cells = []
+        for c in cols:
+            cell = by.get(c)
+            cells.append(
+                "error" if cell and cell.get("error") else _num(cell.get(key) if cell else None, fmt)
+            )
+        mib = next(iter(by.values()))["bytes"] / 2**20
+        lines.append(f"| {family} | {mib:,.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def strategies_section(doc: dict[str, Any]) -> list[str]:
+    mode = " (`--quick`)" if doc.get("quick") else ""
+    if doc.get("sizes_only"):
+        mode += " (`--sizes-only`: one run per codec, speeds of that run)"
+    tools = doc.get("tools", {})
     lines = [
         "## Encoders against the reference codecs",
         "",
-        "`python bench/strategies.py` — measured "
-        + _machine(doc["machine"])
-        + (" (`--quick`)" if doc.get("quick") else "")
-        + ".",
+        "`python bench/strategies.py` — measured " + _machine(doc["machine"]) + mode + ".",
         "",
-        "Ratio = original / encoded bytes; MB/s of original bytes, one core, median of 3–7 runs.",
-        "`none`, `lz4`, `zstd`, `hde` are this project's encoders through the payload codec (1 MiB chunks,",
-        "framed, checksummed, as AMST sends them); the others code the whole payload in one call.",
-        "`zstd -3 --patch-from (CLI)` is the zstd command line (size only); `patch-from -3 (libzstd)` the",
-        "same parameters in-process (speed).",
-        "",
+        "Ratio = original / encoded bytes; MB/s of original bytes, one core, median of 7 runs below 4 MiB, 3",
+        "below 64 MiB, 1 above. `none`, `lz4`, `zstd`, `hde` are this project's encoders through the payload",
+        "codec (1 MiB chunks, framed, checksummed, as AMST sends them; every round trip verified); the others",
+        "code the whole file in one call. `zstd -1` and `zstd -3`: sizes from the zstd command line",
+        "(`zstd -N -c FILE`), speeds from libzstd in process at the same level. `lz4 (frame)`: lz4.frame,",
+        "whole file. `zstd -3 --patch-from`: the command line `zstd -3 --patch-from=OLD NEW`, size and wall",
+        "time of the process (start-up and file I/O included); `(libzstd)`: the same parameters in process.",
     ]
-    families: dict[str, list[dict[str, Any]]] = {}
-    for r in doc["rows"]:
-        families.setdefault(r["family"], []).append(r)
-    for family, rows in families.items():
-        mib = rows[0]["bytes"] / 2**20
+    if tools:
+        lines.append(
+            f"zstd command line {tools.get('zstd_cli') or 'absent'}; libzstd {tools.get('libzstd')}; "
+            f"lz4 {tools.get('lz4')}."
+        )
+    lines.append("")
+    items = doc.get("corpus", {}).get("items", [])
+    if items:
         lines += [
-            f"**{family}** ({mib:.2f} MiB)",
+            "**The real-data corpus** (`bench/corpus.py`; obtained on the machine that ran the benchmark and",
+            "cached with its provenance; a pair is an older and a newer version, the newer one coded):",
             "",
-            "| codec | ratio | encode MB/s | decode MB/s |",
-            "|---|---:|---:|---:|",
+            "| payload | kind | MiB | where it comes from |",
+            "|---|---|---:|---|",
         ]
-        for r in rows:
-            name = f"**{r['codec']}**" if r["codec"] in ("none", "lz4", "zstd", "hde") else r["codec"]
-            enc, dec = _num(r["encode_mb_s"], ",.0f"), _num(r["decode_mb_s"], ",.0f")
-            lines.append(f"| {name} | {r['ratio']:,.2f} | {enc} | {dec} |")
+        for it in items:
+            mib = it["bytes"] / 2**20
+            size = f"{it['old_bytes'] / 2**20:,.2f} → {mib:,.2f}" if it.get("old_bytes") else f"{mib:,.2f}"
+            kind = it.get("kind", "") + (", derived" if it.get("derived") else "")
+            lines.append(f"| {it['name']} | {kind} | {size} | {it.get('source', '')} |")
         lines.append("")
+        for s in doc.get("corpus", {}).get("skipped", []):
+            lines.append(f"Skipped {s['id']}: {s['reason']}.")
+        lines.append("")
+    rows = doc["rows"]
+    lines += ["**Ratio**", ""] + _matrix(rows, "ratio", ",.2f") + [""]
+    lines += ["**Encode MB/s**", ""] + _matrix(rows, "encode_mb_s", ",.0f") + [""]
+    lines += ["**Decode MB/s**", ""] + _matrix(rows, "decode_mb_s", ",.0f") + [""]
     lines += [
-        "Acceptance checks computed in the same run:",
+        "**Acceptance checks** computed in the same run: on every real file our `zstd` within 1.05× of",
+        "`zstd -3` (or 1,024 bytes), on every real version pair our `hde` within 1.00× of `zstd -3",
+        "--patch-from` (or 1,024 bytes), on the VM pre-copy round hde's ratio and encode speed.",
         "",
-        "| payload | check | value | |",
-        "|---|---|---:|---|",
+        "| payload | check | ours | reference | value | |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for c in doc["checks"]:
+        ours = _num(c.get("ours_bytes"), ",") if "reference_bytes" in c else ""
+        ref = _num(c.get("reference_bytes"), ",") if "reference_bytes" in c else ""
+        if c.get("ours_encode_mb_s") is not None or c.get("reference_encode_mb_s") is not None:
+            ours += f" ({_num(c.get('ours_encode_mb_s'), ',.0f')} MB/s)"
+            ref += f" ({_num(c.get('reference_encode_mb_s'), ',.0f')} MB/s)"
         lines.append(
-            f"| {c['family']} | {c['check']} | {c['value']:,.3f} | {'ok' if c['ok'] else 'MISSED'} |"
+            f"| {c['family']} | {c['check']} | {ours} | {ref} | {_num(c['value'], ',.3f')} | "
+            f"{'ok' if c['ok'] else 'MISSED'} |"
         )
     lines.append("")
     return lines

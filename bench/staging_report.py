@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import machine, write
+from _common import RESULTS, label_provenance, machine, provenance_note, write
 from dwcp_selector.dataset.quality import assess
 from dwcp_selector.telemetry.schema import STRATEGIES
 from dwcp_selector.telemetry.store import open_store
@@ -49,6 +49,8 @@ def render(doc: dict[str, Any]) -> str:
         "",
         f"on {m['cpu']}, {m['cores']} cores, Python {m['python']}, dwcp-selector {m['dwcp_selector']}; "
         f"validated {m['date']}.",
+        "",
+        provenance_note(doc.get("labels")),
         "",
         f"**Collection**: {c['records']:,} records from {c['payloads']:,} measured payloads "
         f"in {c['sessions']:,} sessions, {c['seconds'] / 60:.1f} minutes ({c['records_per_s']} records/s) "
@@ -102,20 +104,30 @@ def render(doc: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--collect-report", type=Path, required=True, help="JSON printed by collect --json")
+    ap.add_argument("--store")
+    ap.add_argument("--collect-report", type=Path, help="JSON printed by collect --json")
+    ap.add_argument(
+        "--render-only", action="store_true", help="rewrite the page from bench/results/staging.json alone"
+    )
     args = ap.parse_args()
+    out = ROOT / "docs" / "staging-data.md"
+    if args.render_only:
+        out.write_text(render(json.loads((RESULTS / "staging.json").read_text())))
+        print(f"wrote {out}")
+        return
+    if args.store is None or args.collect_report is None:
+        ap.error("--store and --collect-report are required (or --render-only)")
     with open_store(args.store) as store:
         table = store.read_table()
     report = assess(table)
     doc = {
         "machine": machine(),
+        "labels": label_provenance(),
         "collection": json.loads(args.collect_report.read_text()),
         "validation": report.to_dict(),
         "by_type": type_by_label(table),
     }
     write("staging", doc)
-    out = ROOT / "docs" / "staging-data.md"
     out.write_text(render(doc))
     print(f"quality {report.quality_score:.4f}, passed {report.passed}; wrote {out}")
 

@@ -51,6 +51,7 @@ import numpy as np
 import corpus as corpus_mod
 from _common import machine, median_time, write
 from dwcp_selector.strategies import Baseline, PayloadCodec
+from dwcp_selector.strategies import frame as frame_module
 from dwcp_selector.strategies._zstd import (
     CompressionParameter,
     DecompressionParameter,
@@ -196,7 +197,10 @@ def measure(p: Payload, mode: Mode, has_cli: bool) -> list[dict[str, Any]]:
             rows.append(_row(p.name, p.kind, codec, n, None, error=f"{type(e).__name__}: {e}"))
 
     codec = PayloadCodec()
-    codec.warm_up()
+    try:
+        codec.warm_up()
+    except Exception as e:  # a broken encoder fails its own row below
+        print(f"  {p.name}: warm-up failed: {type(e).__name__}: {e}", file=sys.stderr)
     base = Baseline(f"{p.name[:200]}-old", old) if old is not None else None
     for name in OURS:
         if name == "hde" and base is None:
@@ -421,8 +425,10 @@ def print_table(rows: list[dict[str, Any]], key: str, title: str, fmt: str) -> N
         size = next(iter(by.values()))["bytes"] / MiB
         cells = []
         for c in cols:
-            r = by.get(c)
-            cells.append(f"{'ERROR':>10}" if r and "error" in r else _fmt(r[key] if r else None, 10, fmt))
+            cell = by.get(c)
+            cells.append(
+                f"{'ERROR':>10}" if cell and "error" in cell else _fmt(cell[key] if cell else None, 10, fmt)
+            )
         print(f"{family[:48]:48} {size:8.2f} " + " ".join(cells))
 
 
@@ -522,6 +528,7 @@ def main() -> None:
         "sizes_only": args.sizes_only,
         "only": args.only,
         "elapsed_s": elapsed,
+        "frame_format": getattr(frame_module, "FORMAT_VERSION", None),
         "tools": {
             "zstd_cli": _cli_version(),
             "libzstd": zstd_version,

@@ -276,3 +276,23 @@ def test_parallel_streams_carry_ordered_chunks(strategy: str) -> None:
             baseline = Baseline("r", old)
         report = sender.send(payload, strategy, streams=6, baseline=baseline, resource_id="r")
         assert bytes(rx.wait(report.transfer_id, 30).data) == payload
+
+
+def test_anchors_find_content_that_moved_far_from_its_proportional_place() -> None:
+    from dwcp_selector.strategies.anchors import AnchorIndex, locate
+
+    rng = np.random.default_rng(11)
+    old = logs_json(12 * MiB, rng)
+    inserted = rng.integers(0, 256, 5 * MiB, dtype=np.uint8).tobytes()
+    new = old[:MiB] + inserted + old[MiB:]  # everything after the first MiB moved 5 MiB on
+    index = AnchorIndex.build(old)
+    chunk = new[9 * MiB : 10 * MiB]  # made from old[4 MiB:5 MiB]
+    found = locate(*index.matches(chunk), MiB, 2 * MiB)
+    assert found is not None and found[0] <= 4 * MiB and found[1] >= 5 * MiB
+    assert found[1] - found[0] <= 3 * MiB
+    assert locate(*index.matches(inserted[:MiB]), MiB, 2 * MiB) is None  # new content: nothing to find
+    codec = PayloadCodec(REGISTRY)
+    base = Baseline("log", old)
+    encoded = codec.encode(new, "hde", baseline=base)
+    assert encoded.encoded_bytes < 5 * MiB + 64 * 1024
+    assert codec.decode(encoded.to_bytes(), baseline=base) == new

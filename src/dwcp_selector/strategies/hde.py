@@ -30,7 +30,8 @@ used.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ import numpy.typing as npt
 from .._types import BytesLike
 from ..errors import BaselineMissingError, ConfigError, CorruptFrameError
 from ._zstd import CompressionParameter, Strategy
+from .anchors import AnchorIndex, locate
 from .base import Body, ChunkContext, Encoder
 from .baseline import Baseline, BaselineSource
 from .checksum import ChecksumAlgo
@@ -74,12 +76,20 @@ REGION_REWRITTEN_SHARE = 0.25
 #: ...and they are at least this share of all its pages (a few reused VM pages stay in tier 2), unless the
 #: chunk is a whole small payload, where the region's cost is small in absolute terms.
 REGION_MIN_PAGES_SHARE = 1 / 32
-#: Tier-3 prefix: the baseline window around the chunk's proportional position, this far on each side.
+#: Tier-3 prefix of a baseline up to this size: the whole baseline.
+WHOLE_BASELINE_MAX = 4 << 20
+#: Larger baselines: the densest stretch of at most this many bytes holding the chunk's anchors...
+LOCATE_SPAN = 2 << 20
+#: ...widened by this much on each side (content between anchors, and edits near the ends).
+LOCATE_MARGIN = 128 << 10
+#: Without anchors to go by: the baseline around the chunk's proportional position, this far each side.
 TIER3_MARGIN = 2 << 20
 TIER3_LEVEL = 3
 PAGES_LEVEL = 3
-#: Payload bytes before a chunk that a region frame sees (as zstd's own context across jobs).
-DEFAULT_HDE_CONTEXT = 1 << 20
+#: Payload bytes before a chunk that a region frame sees: new content repeated across a chunk boundary.
+#: Smaller than zstd's: the baseline window holds most of what a chunk refers to, and a longer prefix
+#: crowds the match tables (docs/decisions/0006-context-across-chunks.md).
+DEFAULT_HDE_CONTEXT = 256 << 10
 #: Whole payloads up to this size get the stronger parser (see ``_zstd_options``).
 SMALL_DELTA_MAX = 1 << 20
 _U64 = struct.Struct("<Q")
@@ -94,13 +104,32 @@ class Tier:
     SHIFTED = 3  # tier 3: changed pages coded against a baseline window and the payload before
 
 
+class _Anchors:
+    """The baseline's anchor index, built at most once per payload, by the first chunk that needs it."""
+
+    __slots__ = ("_data", "_index", "_lock")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._index: AnchorIndex | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> AnchorIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = AnchorIndex.build(self._data)
+            return self._index
+
+
 @dataclass(frozen=True, slots=True)
 class HdePlan:
-    """The per-payload tier prediction and the evidence it was made on."""
+    """The per-payload tier prediction and the evidence it was made on; it also carries the baseline's
+    anchor index for the payload's tier-3 chunks (built lazily: only a payload that needs it pays)."""
 
     tier: int
     in_place_share: float
     sampled_pages: int
+    anchors: _Anchors | None = field(default=None, compare=False, repr=False)
 
 
 def _pages_view(buf: BytesLike, npages: int) -> npt.NDArray[np.uint64]:
@@ -179,9 +208,10 @@ class HdeEncoder(Encoder):
         data = memoryview(payload).cast("B")
         if baseline is None:
             return HdePlan(Tier.SHIFTED, 0.0, 0)
+        anchors = _Anchors(baseline.data) if len(baseline) > WHOLE_BASELINE_MAX else None
         common = max(0, min(len(data), len(baseline))) // PAGE_SIZE
         if common == 0:
-            return HdePlan(Tier.SHIFTED, 0.0, 0)
+            return HdePlan(Tier.SHIFTED, 0.0, 0, anchors)
         if common <= PLAN_SAMPLE_PAGES:
             idx = np.arange(common)
         else:  # evenly spread, strictly increasing because common > samples
@@ -192,7 +222,7 @@ class HdeEncoder(Encoder):
         differing = np.count_nonzero(new != old, axis=1)
         share = float(np.mean(differing <= SPARSE_PAGE_MAX_DIFF * PAGE_SIZE))
         tier = Tier.PAGES if share >= PAGES_MIN_IN_PLACE else Tier.SHIFTED
-        return HdePlan(tier, share, int(idx.size))
+        return HdePlan(tier, share, int(idx.size), anchors)
 
     # -- encoding ---------------------------------------------------------------------------------
     def _encode_body(self, data: memoryview, baseline: Baseline | None, context: ChunkContext) -> Body:
@@ -221,7 +251,8 @@ class HdeEncoder(Encoder):
             options = self._zstd_options(PAGES_LEVEL, 2 * len(content), small)
             body = zstd_compress_with_prefix(content, old_pages.tobytes(), options)
             return Tier.PAGES, self._ext(baseline, page_ref, 0, 0), page_set + body, 0
-        lo, hi = self._window(offset, n, total, len(baseline))
+        anchors = context.plan.anchors if isinstance(context.plan, HdePlan) else None
+        lo, hi = self._window(data, offset, total, baseline, anchors)
         history = context.history(self.context_bytes)
         prefix = b"".join((baseline.data[lo:hi], history))
         options = self._zstd_options(TIER3_LEVEL, len(prefix) + len(content), True)
@@ -238,19 +269,29 @@ class HdeEncoder(Encoder):
         }
         if strong:
             # Deltas against a large prefix: loading the prefix dominates the time and the delta is small,
-            # so the lazy2 parser with level-6-sized tables (which a 6 MiB prefix needs: level 3's are
-            # overwritten before the chunk starts) buys 7-15 % smaller deltas for ~20 % more time
+            # so the lazy2 parser with tables sized for the prefix (level 3's are overwritten before the
+            # chunk starts) buys 7-15 % smaller deltas for ~30 % more time
             # (docs/decisions/0006-context-across-chunks.md).
             options[CompressionParameter.strategy] = Strategy.lazy2
             options[CompressionParameter.search_log] = 2
-            options[CompressionParameter.hash_log] = 19
-            options[CompressionParameter.chain_log] = 18
+            options[CompressionParameter.hash_log] = 20
+            options[CompressionParameter.chain_log] = 19
         return options
 
-    def _window(self, offset: int, n: int, total: int, size: int) -> tuple[int, int]:
-        """The baseline window around the chunk's proportionally mapped position, widened by the margin."""
-        if total <= 0 or size <= 0:
+    def _window(
+        self, data: memoryview, offset: int, total: int, baseline: Baseline, anchors: _Anchors | None
+    ) -> tuple[int, int]:
+        """The baseline bytes a tier-3 chunk is coded against: all of a small baseline; of a large one,
+        where the chunk's anchors say its content is, else around its proportionally mapped position."""
+        size, n = len(baseline), len(data)
+        if size < MIN_PREFIX or total <= 0:
             return 0, 0
+        if size <= max(WHOLE_BASELINE_MAX, 2 * self.tier3_margin + n):
+            return 0, size
+        index = (anchors or _Anchors(baseline.data)).get()
+        found = locate(*index.matches(data), n, LOCATE_SPAN)
+        if found is not None:
+            return max(0, found[0] - LOCATE_MARGIN), min(size, found[1] + LOCATE_MARGIN)
         lo = max(0, offset * size // total - self.tier3_margin)
         hi = min(size, (offset + n) * size // total + self.tier3_margin)
         return (lo, hi) if hi - lo >= MIN_PREFIX else (0, 0)

@@ -1,0 +1,97 @@
+"""The namespace testbed (bench/testbed.py): a real AMST transfer over a veth pair shaped by tbf.
+
+Skipped, saying why, where network namespaces cannot be made (no root, no CAP_NET_ADMIN, no veth or tbf);
+where they can, it runs, in CI too.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import testbed  # noqa: E402  (a bench module, not a package)
+
+RATE = 50e6
+SIZE = 1 << 20
+
+
+def _stdlib_tar(size: int) -> bytes:
+    """``size`` bytes of a tarball of this interpreter's standard library sources: a real payload."""
+    lib = Path(tarfile.__file__).parent
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(lib.glob("*.py")):
+            tar.add(path, arcname=path.name)
+            if buf.tell() >= size:
+                break
+    data = buf.getvalue()
+    assert len(data) >= size, "the standard library is smaller than the payload"
+    return data[:size]
+
+
+@pytest.fixture(scope="module")
+def netns() -> None:
+    ok, why = testbed.netns_available()
+    if not ok:
+        pytest.skip(why)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_shaped_transfer_is_verified_and_takes_the_link_time(netns: None, tmp_path: Path) -> None:
+    payload = tmp_path / "stdlib.tar"
+    payload.write_bytes(_stdlib_tar(SIZE))
+    with testbed.Testbed(RATE, log_dir=tmp_path) as bed:
+        names = (bed.sender_ns, bed.receiver_ns)
+        assert bed.exists()
+        assert bed.qdisc_stats()["kind"] == "tbf"
+        bed.load("stdlib", payload)
+        times = []
+        for _ in range(3):
+            r = bed.transfer("stdlib", "none", 1)
+            assert r["rx_verified"], "the receiver's payload differs from the file"
+            assert r["wire_bytes"] >= SIZE
+            times.append(r["elapsed_s"])
+    ideal = 8.0 * SIZE / RATE
+    t = sorted(times)[1]
+    assert 0.7 * ideal <= t <= 2.0 * ideal, f"{t * 1e3:.1f} ms for {ideal * 1e3:.1f} ms of link time"
+    assert not bed.exists()
+    present = set(testbed._namespaces())
+    assert not present.intersection(names)
+
+
+def test_burst_holds_a_tick_of_rate_and_a_gso_packet() -> None:
+    assert testbed.tbf_burst_bytes(50e6) == 64 << 10
+    assert testbed.tbf_burst_bytes(1e9) == 500_000
+    args = testbed.tbf_args(200e6)
+    assert args[:3] == ["tbf", "rate", "200000000bit"] and "latency" in args
+
+
+def test_predict_without_corrections_is_the_cost_model() -> None:
+    from dwcp_selector.costmodel import CostModel, StrategyMeasurement
+    from dwcp_selector.link import LinkState, SystemState
+
+    link = LinkState(capacity_bps=200e6, rtt_s=80e-6, loss=0.0)
+    cm = CostModel()
+    meas = StrategyMeasurement(3 << 20, 0.02, 0.01)
+    row = {
+        "payload_bytes": 10 << 20,
+        "compressed_bytes": meas.compressed_bytes,
+        "encode_s": meas.encode_s,
+        "decode_s": meas.decode_s,
+        "rtt_s": link.rtt_s,
+        "effective_bps": cm.effective_bps(link),
+        "free_cores": 1.0,
+        "shaped": True,
+        "burst_bytes": 64 << 10,
+        "streams": 1,
+    }
+    official = cm.transfer_time(10 << 20, meas, link, SystemState(free_cores=1))
+    assert testbed.predict(row) == pytest.approx(official, rel=1e-12)
+    slower = testbed.predict(row, wire_efficiency=0.95, overhead_s=1e-3, rtt_factor=1.0)
+    assert slower == pytest.approx(official + 8.0 * (3 << 20) / 200e6 * (1 / 0.95 - 1) + 1e-3 + 80e-6)
