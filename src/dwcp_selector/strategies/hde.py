@@ -95,6 +95,7 @@ SMALL_DELTA_MAX = 1 << 20
 _U64 = struct.Struct("<Q")
 _SET_BITMAP = 0
 _SET_GAPS = 1
+_SET_ALL = 2
 
 
 class Tier:
@@ -144,7 +145,9 @@ def _pages_view(buf: BytesLike, npages: int) -> npt.NDArray[np.uint64]:
 
 
 def _pack_page_set(changed: npt.NDArray[np.bool_]) -> bytes:
-    """The changed-page set: a packed bitmap, or a varint list of gaps when that is shorter."""
+    """The changed-page set: every page, a varint list of gaps, or a packed bitmap, whichever is shortest."""
+    if changed.all():
+        return bytes((_SET_ALL,))
     bitmap = np.packbits(changed).tobytes()
     idx = np.flatnonzero(changed)
     if idx.size < len(bitmap):
@@ -157,6 +160,8 @@ def _pack_page_set(changed: npt.NDArray[np.bool_]) -> bytes:
 
 def _read_page_set(r: Reader, npages: int) -> npt.NDArray[np.bool_]:
     form = r.u8()
+    if form == _SET_ALL:
+        return np.ones(npages, dtype=bool)
     if form == _SET_BITMAP:
         nbytes = -(-npages // 8)
         bits = np.unpackbits(np.frombuffer(bytes(r.take(nbytes)), dtype=np.uint8))
