@@ -13,8 +13,18 @@ from dwcp_selector.costmodel import CostModel, CostParams, Oracle, StrategyMeasu
 from dwcp_selector.errors import ConfigError
 from dwcp_selector.link import LINK_CLASSES, LinkState, SystemState, link_from_class
 
-CM = CostModel()
 MiB = 1 << 20
+#: The formula of DESIGN section 2 alone, without the terms measured on real transfers (cost-v2).
+BARE = CostParams(
+    wire_efficiency=1.0,
+    setup_rtts=0.0,
+    rtt_in_pipeline=True,
+    transfer_overhead_s=0.0,
+    stream_overhead_s=0.0,
+    send_stack_s_per_byte=0.0,
+    verify_s_per_byte=0.0,
+)
+CM = CostModel(BARE)
 
 
 def test_per_stream_rate_window_limited_without_loss() -> None:
@@ -113,21 +123,24 @@ def test_array_path_equals_scalar_path(
 ) -> None:
     ls = link_from_class(link, utilization=u, loss=loss)
     comp = int(payload * ratio)
-    scalar = CM.transfer_time(payload, StrategyMeasurement(comp, enc, dec), ls, SystemState(cores), strategy)
     f = lambda v: np.array([v], dtype=float)  # noqa: E731
-    arr = CM.transfer_time_array(
-        f(payload),
-        f(comp),
-        f(enc),
-        f(dec),
-        f(ls.capacity_bps),
-        f(ls.utilization),
-        f(ls.rtt_s),
-        f(ls.loss),
-        f(cores),
-        strategy,
-    )
-    assert arr[0] == pytest.approx(scalar, rel=1e-12)
+    for cm in (CM, CostModel()):
+        scalar = cm.transfer_time(
+            payload, StrategyMeasurement(comp, enc, dec), ls, SystemState(cores), strategy
+        )
+        arr = cm.transfer_time_array(
+            f(payload),
+            f(comp),
+            f(enc),
+            f(dec),
+            f(ls.capacity_bps),
+            f(ls.utilization),
+            f(ls.rtt_s),
+            f(ls.loss),
+            f(cores),
+            strategy,
+        )
+        assert arr[0] == pytest.approx(scalar, rel=1e-12)
 
 
 def test_link_validation() -> None:
@@ -162,6 +175,11 @@ def test_params_fingerprint_changes_with_any_parameter() -> None:
     assert CostParams().fingerprint == base.fingerprint
     assert CostParams(mss_bytes=9000).fingerprint != base.fingerprint
     assert CostParams(tie_tolerance=0.02).fingerprint != base.fingerprint
+    assert CostParams(transfer_overhead_s=1e-3).fingerprint != base.fingerprint
+    with pytest.raises(ConfigError):
+        CostParams(wire_efficiency=1.5)
+    with pytest.raises(ConfigError):
+        CostParams(verify_s_per_byte=-1.0)
     with pytest.raises(ConfigError):
         CostParams(max_streams=0)
 
@@ -216,3 +234,29 @@ def test_parameters_of_an_older_version_keep_their_fingerprint() -> None:
         CostParams.from_dict({**v1, "bogus": 1})
     with pytest.raises(ConfigError, match="ordered"):
         CostParams(ordered_decode=("brotli",))
+
+
+def test_the_terms_measured_on_real_transfers() -> None:
+    p = CostParams()
+    cm = CostModel(p)
+    link = LinkState(capacity_bps=1e9, rtt_s=0.01)
+    m = StrategyMeasurement(compressed_bytes=2 * MiB, encode_s=0.04, decode_s=0.02)
+    payload, system = 8 * MiB, SystemState(free_cores=2)
+    e = (0.04 + p.send_stack_s_per_byte * 2 * MiB) / 2
+    d = 0.02 / 2
+    x = 8 * 2 * MiB / (p.wire_efficiency * 1e9)
+    streams = min(cm.streams(link), 8)
+    expected = (
+        max(e, x, d)
+        + (e + d) / 8
+        + (1 + p.setup_rtts) * 0.01
+        + p.transfer_overhead_s
+        + p.stream_overhead_s * (streams - 1)
+        + p.verify_s_per_byte * payload
+    )
+    assert cm.transfer_time(payload, m, link, system, "lz4") == pytest.approx(expected)
+    # the per-transfer terms are the same for every strategy: they never decide the label alone
+    none = StrategyMeasurement(payload, 0.0, 0.0)
+    costs = cm.costs(payload, {"none": none, "lz4": m}, link, system)
+    bare = CM.costs(payload, {"none": none, "lz4": m}, link, system)
+    assert costs["none"] > bare["none"] and costs["lz4"] > bare["lz4"]

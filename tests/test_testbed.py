@@ -61,7 +61,7 @@ def test_shaped_transfer_is_verified_and_takes_the_link_time(netns: None, tmp_pa
     t = sorted(times)[1]
     assert 0.7 * ideal <= t <= 2.0 * ideal, f"{t * 1e3:.1f} ms for {ideal * 1e3:.1f} ms of link time"
     assert not bed.exists()
-    present = set(testbed._namespaces())
+    present = set(testbed.list_namespaces())
     assert not present.intersection(names)
 
 
@@ -72,12 +72,11 @@ def test_burst_holds_a_tick_of_rate_and_a_gso_packet() -> None:
     assert args[:3] == ["tbf", "rate", "200000000bit"] and "latency" in args
 
 
-def test_predict_without_corrections_is_the_cost_model() -> None:
-    from dwcp_selector.costmodel import CostModel, StrategyMeasurement
+def test_predict_reproduces_the_cost_model() -> None:
+    from dwcp_selector.costmodel import CostModel, CostParams, StrategyMeasurement
     from dwcp_selector.link import LinkState, SystemState
 
     link = LinkState(capacity_bps=200e6, rtt_s=80e-6, loss=0.0)
-    cm = CostModel()
     meas = StrategyMeasurement(3 << 20, 0.02, 0.01)
     row = {
         "payload_bytes": 10 << 20,
@@ -85,13 +84,16 @@ def test_predict_without_corrections_is_the_cost_model() -> None:
         "encode_s": meas.encode_s,
         "decode_s": meas.decode_s,
         "rtt_s": link.rtt_s,
-        "effective_bps": cm.effective_bps(link),
+        "effective_bps": CostModel().effective_bps(link),
         "free_cores": 1.0,
         "shaped": True,
         "burst_bytes": 64 << 10,
         "streams": 1,
     }
-    official = cm.transfer_time(10 << 20, meas, link, SystemState(free_cores=1))
-    assert testbed.predict(row) == pytest.approx(official, rel=1e-12)
+    official = CostModel().transfer_time(10 << 20, meas, link, SystemState(free_cores=1))
+    assert testbed.predict(row, **testbed.model_kwargs()) == pytest.approx(official, rel=1e-12)
+    bare = CostParams.from_dict({"version": "cost-v1"})  # the formula before the measured terms
+    formula = CostModel(bare).transfer_time(10 << 20, meas, link, SystemState(free_cores=1))
+    assert testbed.predict(row) == pytest.approx(formula, rel=1e-12)
     slower = testbed.predict(row, wire_efficiency=0.95, overhead_s=1e-3, rtt_factor=1.0)
-    assert slower == pytest.approx(official + 8.0 * (3 << 20) / 200e6 * (1 / 0.95 - 1) + 1e-3 + 80e-6)
+    assert slower == pytest.approx(formula + 8.0 * (3 << 20) / 200e6 * (1 / 0.95 - 1) + 1e-3 + 80e-6)

@@ -13,8 +13,18 @@ For payload bytes S and strategy s::
     m = ceil(S / chunk)                       chunks, encoded on k_e = min(c, m) cores
     k_d = min(c, m), or min(c, 1) for a strategy whose chunks decode in order (zstd, hde: each chunk
                                               is coded with the payload bytes before it as context)
-    E = e_s / k_e,  X = R + 8·S_s / min(B, n·r),  D = d_s / k_d
+    E = (e_s + σ·S_s) / k_e                   encode, and the sending stack's CPU per byte sent (σ)
+    X = 8·S_s / (η·min(B, n·r))               η: payload bits per bit on the link (TCP/IP/Ethernet headers)
+    D = d_s / k_d
     T_s = max(E, X, D) + (E + D) / m          pipelined
+          + (1 + h)·R                         the data's RTT and h RTTs of connection set-up, whatever
+                                              stage is the slowest
+          + o + o_s·(min(n, m) − 1) + v·S     per transfer (threads, HELLO, RESULT), per extra stream,
+                                              and the receiver's checksum of the whole payload
+
+η, h, o, o_s, σ and v were measured on real AMST transfers between two network namespaces over tbf-shaped
+links (``bench/cost_model_transfers.py``, ``docs/decisions/0007-cost-model-against-real-transfers.md``);
+o, σ and v are this implementation's CPU costs on the host that measured them, not constants of nature.
 
 Parameters that later versions added keep, in artifacts written before them, the value that reproduces
 the older formula (``LEGACY_VALUES``), and are left out of the fingerprint at that value: a model priced
@@ -55,8 +65,27 @@ DEFAULT_STRATEGY_ORDER: tuple[str, ...] = ("none", "lz4", "zstd", "hde")
 #: Strategies whose chunks decode in order (their frames carry context; docs/decisions/0006).
 DEFAULT_ORDERED_DECODE: tuple[str, ...] = ("zstd", "hde")
 MATHIS_C = 1.22
+#: Measured on real transfers (docs/decisions/0007): 1448 payload bytes per 1514 counted on the link.
+DEFAULT_WIRE_EFFICIENCY = 0.9564
+#: RTTs before data flows: the TCP handshake of the streams (opened in parallel).
+DEFAULT_SETUP_RTTS = 1.0
+#: Per transfer (stream threads, HELLO, the receiver's set-up, the RESULT), per extra stream, the sending
+#: stack's CPU per byte and the receiver's final checksum per byte; Intel Xeon, 2 cores, 2026-12-02.
+DEFAULT_TRANSFER_OVERHEAD_S = 0.757e-3
+DEFAULT_STREAM_OVERHEAD_S = 0.161e-3
+DEFAULT_SEND_STACK_S_PER_BYTE = 8 / 22.66e9
+DEFAULT_VERIFY_S_PER_BYTE = 8 / 235.3e9
 #: Values of later parameters that reproduce the older formula; omitted from the fingerprint.
-LEGACY_VALUES: dict[str, object] = {"ordered_decode": ()}
+LEGACY_VALUES: dict[str, object] = {
+    "ordered_decode": (),
+    "wire_efficiency": 1.0,
+    "setup_rtts": 0.0,
+    "rtt_in_pipeline": True,
+    "transfer_overhead_s": 0.0,
+    "stream_overhead_s": 0.0,
+    "send_stack_s_per_byte": 0.0,
+    "verify_s_per_byte": 0.0,
+}
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -72,6 +101,14 @@ class CostParams:
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE
     strategy_order: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
     ordered_decode: tuple[str, ...] = DEFAULT_ORDERED_DECODE
+    wire_efficiency: float = DEFAULT_WIRE_EFFICIENCY
+    setup_rtts: float = DEFAULT_SETUP_RTTS
+    #: cost-v1 priced the RTT inside the transmit stage (lost whenever encode or decode was slower).
+    rtt_in_pipeline: bool = False
+    transfer_overhead_s: float = DEFAULT_TRANSFER_OVERHEAD_S
+    stream_overhead_s: float = DEFAULT_STREAM_OVERHEAD_S
+    send_stack_s_per_byte: float = DEFAULT_SEND_STACK_S_PER_BYTE
+    verify_s_per_byte: float = DEFAULT_VERIFY_S_PER_BYTE
     version: str = "cost-v2"
 
     def __post_init__(self) -> None:
@@ -83,6 +120,17 @@ class CostParams:
             raise ConfigError(f"tie tolerance must be in [0, 1), got {self.tie_tolerance}")
         if len(set(self.strategy_order)) != len(self.strategy_order) or not self.strategy_order:
             raise ConfigError(f"strategy order must list distinct names, got {self.strategy_order}")
+        if not 0 < self.wire_efficiency <= 1:
+            raise ConfigError(f"wire efficiency must be in (0, 1], got {self.wire_efficiency}")
+        extras = (
+            self.setup_rtts,
+            self.transfer_overhead_s,
+            self.stream_overhead_s,
+            self.send_stack_s_per_byte,
+            self.verify_s_per_byte,
+        )
+        if not all(math.isfinite(x) and x >= 0 for x in extras):
+            raise ConfigError("set-up RTTs, overheads and per-byte costs must be finite and >= 0")
         if not set(self.ordered_decode) <= set(self.strategy_order):
             raise ConfigError(
                 f"ordered-decode strategies {list(self.ordered_decode)} are not all in the label set"
@@ -93,7 +141,7 @@ class CostParams:
         d["strategy_order"] = list(self.strategy_order)
         d["ordered_decode"] = list(self.ordered_decode)
         for key, legacy in LEGACY_VALUES.items():
-            if d.get(key) in (legacy, list(legacy)):  # type: ignore[call-overload]
+            if d.get(key) == (list(legacy) if isinstance(legacy, tuple) else legacy):
                 del d[key]
         return d
 
@@ -107,7 +155,8 @@ class CostParams:
             raise ConfigError(f"unknown cost-model parameters {sorted(unknown)}")
         values: dict[str, Any] = {**LEGACY_VALUES, **d}
         for key in ("strategy_order", "ordered_decode"):
-            values[key] = tuple(values[key])
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     @property
@@ -152,7 +201,7 @@ class CostModel:
     >>> cm.streams(link)
     1
     >>> round(cm.transfer_time(1 << 20, StrategyMeasurement(1 << 20, 0.0, 0.0), link, SystemState()), 4)
-    0.0284
+    0.0499
     """
 
     def __init__(self, params: CostParams | None = None) -> None:
@@ -211,15 +260,29 @@ class CostModel:
         ``strategy`` names the encoder, whose decode parallelism the parameters state; without it every
         chunk is taken to decode in parallel.
         """
+        p = self.params
         m = self.chunks(payload_bytes)
         k = min(system.free_cores, m)
-        enc = measurement.encode_s / k
+        sent = measurement.compressed_bytes
+        enc = (measurement.encode_s + p.send_stack_s_per_byte * sent) / k
         dec = measurement.decode_s / (min(system.free_cores, 1) if self.decodes_in_order(strategy) else k)
-        xmit = link.rtt_s + 8.0 * measurement.compressed_bytes / self.effective_bps(link)
-        return max(enc, xmit, dec) + (enc + dec) / m
+        rtt = link.rtt_s
+        xmit = 8.0 * sent / (p.wire_efficiency * self.effective_bps(link))
+        if p.rtt_in_pipeline:
+            xmit += rtt
+        t = max(enc, xmit, dec) + (enc + dec) / m
+        t += (p.setup_rtts if p.rtt_in_pipeline else 1.0 + p.setup_rtts) * rtt
+        streams = min(self.streams(link), m)
+        return (
+            t
+            + p.transfer_overhead_s
+            + p.stream_overhead_s * (streams - 1)
+            + p.verify_s_per_byte * payload_bytes
+        )
 
     def raw_transfer_time(self, payload_bytes: int, link: LinkState) -> float:
-        """Time to send the payload unencoded: the first estimate of the decision budget (DESIGN 5a)."""
+        """Time to send the payload unencoded, RTT and wire only: the first estimate of the decision
+        budget (DESIGN 5a). It leaves out the per-transfer overheads, which every strategy pays alike."""
         return link.rtt_s + 8.0 * payload_bytes / self.effective_bps(link)
 
     def costs(
@@ -273,13 +336,22 @@ class CostModel:
     ) -> FloatArray:
         """The same formula as :meth:`transfer_time`, element-wise over numpy arrays."""
         p = self.params
-        rate = self.rates_array(capacity_bps, utilization, rtt_s, loss)[3]
+        _, _, streams, rate = self.rates_array(capacity_bps, utilization, rtt_s, loss)
         m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
         k = np.minimum(free_cores, m)
-        enc = encode_s / k
+        enc = (encode_s + p.send_stack_s_per_byte * compressed_bytes) / k
         dec = decode_s / (np.minimum(free_cores, 1.0) if self.decodes_in_order(strategy) else k)
-        xmit = rtt_s + 8.0 * compressed_bytes / rate
-        result: FloatArray = np.maximum(np.maximum(enc, xmit), dec) + (enc + dec) / m
+        xmit = 8.0 * compressed_bytes / (p.wire_efficiency * rate)
+        if p.rtt_in_pipeline:
+            xmit = xmit + rtt_s
+        t = np.maximum(np.maximum(enc, xmit), dec) + (enc + dec) / m
+        t = t + (p.setup_rtts if p.rtt_in_pipeline else 1.0 + p.setup_rtts) * rtt_s
+        result: FloatArray = (
+            t
+            + p.transfer_overhead_s
+            + p.stream_overhead_s * (np.minimum(streams, m) - 1.0)
+            + p.verify_s_per_byte * payload_bytes
+        )
         return result
 
 

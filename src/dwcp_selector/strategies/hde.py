@@ -197,6 +197,7 @@ class HdeEncoder(Encoder):
         checksum_algo: ChecksumAlgo = ChecksumAlgo.XXH3_64,
         tier3_margin: int = TIER3_MARGIN,
         context_bytes: int = DEFAULT_HDE_CONTEXT,
+        locate_by_anchors: bool = True,
     ) -> None:
         super().__init__(checksum_algo=checksum_algo)
         if tier3_margin < 0 or not 0 <= context_bytes <= MAX_CONTEXT_LENGTH:
@@ -206,6 +207,8 @@ class HdeEncoder(Encoder):
             )
         self.tier3_margin = tier3_margin
         self.context_bytes = context_bytes
+        #: False maps every tier-3 chunk proportionally (the first design; kept to measure against).
+        self.locate_by_anchors = locate_by_anchors
 
     # -- planning ---------------------------------------------------------------------------------
     def plan(self, payload: BytesLike, baseline: Baseline | None) -> HdePlan:
@@ -279,8 +282,10 @@ class HdeEncoder(Encoder):
             # (docs/decisions/0006-context-across-chunks.md).
             options[CompressionParameter.strategy] = Strategy.lazy2
             options[CompressionParameter.search_log] = 2
-            options[CompressionParameter.hash_log] = 20
-            options[CompressionParameter.chain_log] = 19
+            # (no larger than the prefix needs: a smaller payload allocates, and faults in, less)
+            hash_log = max(12, min(20, (max(span, 1) - 1).bit_length() - 2))
+            options[CompressionParameter.hash_log] = hash_log
+            options[CompressionParameter.chain_log] = hash_log - 1
         return options
 
     def _window(
@@ -293,8 +298,10 @@ class HdeEncoder(Encoder):
             return 0, 0
         if size <= max(WHOLE_BASELINE_MAX, 2 * self.tier3_margin + n):
             return 0, size
-        index = (anchors or _Anchors(baseline.data)).get()
-        found = locate(*index.matches(data), n, LOCATE_SPAN)
+        found = None
+        if self.locate_by_anchors:
+            index = (anchors or _Anchors(baseline.data)).get()
+            found = locate(*index.matches(data), n, LOCATE_SPAN)
         if found is not None:
             return max(0, found[0] - LOCATE_MARGIN), min(size, found[1] + LOCATE_MARGIN)
         lo = max(0, offset * size // total - self.tier3_margin)
