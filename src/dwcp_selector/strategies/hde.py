@@ -33,6 +33,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+import lz4.block
 import numpy as np
 import numpy.typing as npt
 
@@ -76,6 +77,9 @@ REGION_REWRITTEN_SHARE = 0.25
 #: ...and they are at least this share of all its pages (a few reused VM pages stay in tier 2), unless the
 #: chunk is a whole small payload, where the region's cost is small in absolute terms.
 REGION_MIN_PAGES_SHARE = 1 / 32
+#: Rewritten pages sampled, and the lz4 ratio above which they count as incompressible new content.
+INCOMPRESSIBLE_SAMPLE_PAGES = 8
+INCOMPRESSIBLE_RATIO = 0.95
 #: Tier-3 prefix of a baseline up to this size: the whole baseline.
 WHOLE_BASELINE_MAX = 4 << 20
 #: Larger baselines: the densest stretch of at most this many bytes holding the chunk's anchors...
@@ -142,6 +146,17 @@ def _pages_view(buf: BytesLike, npages: int) -> npt.NDArray[np.uint64]:
     if n:
         arr.view(np.uint8).reshape(-1)[:n] = np.frombuffer(buf, dtype=np.uint8)
     return arr
+
+
+def _incompressible(pages: npt.NDArray[np.uint64]) -> bool:
+    """Whether rewritten pages look like random or already-compressed bytes (a sample through lz4).
+
+    Such pages (a reused VM page filled with encrypted or compressed data) are new content that no
+    baseline window holds, and coding them against one would only cost its indexing.
+    """
+    step = max(1, len(pages) // INCOMPRESSIBLE_SAMPLE_PAGES)
+    sample = pages[::step][:INCOMPRESSIBLE_SAMPLE_PAGES].tobytes()
+    return len(lz4.block.compress(sample, store_size=False)) > INCOMPRESSIBLE_RATIO * len(sample)
 
 
 def _pack_page_set(changed: npt.NDArray[np.bool_]) -> bytes:
@@ -249,10 +264,13 @@ class HdeEncoder(Encoder):
             return Tier.PAGES, self._ext(baseline, page_ref, 0, 0), page_set, 0
         new_pages, old_pages = new[idx], old[idx]
         differing = np.count_nonzero(new_pages.view(np.uint8) != old_pages.view(np.uint8), axis=1)
-        rewritten = int(np.count_nonzero(differing > REWRITTEN_PAGE_DIFF * PAGE_SIZE))
+        is_rewritten = differing > REWRITTEN_PAGE_DIFF * PAGE_SIZE
+        rewritten = int(np.count_nonzero(is_rewritten))
         small = n == total and n <= SMALL_DELTA_MAX
-        region = rewritten > REGION_REWRITTEN_SHARE * idx.size and (
-            small or rewritten >= REGION_MIN_PAGES_SHARE * npages
+        region = (
+            rewritten > REGION_REWRITTEN_SHARE * idx.size
+            and (small or rewritten >= REGION_MIN_PAGES_SHARE * npages)
+            and not _incompressible(new_pages[is_rewritten])
         )
         content = new_pages.tobytes()
         if not region:
