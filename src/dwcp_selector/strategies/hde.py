@@ -270,7 +270,9 @@ class HdeEncoder(Encoder):
         region = (
             rewritten > REGION_REWRITTEN_SHARE * idx.size
             and (small or rewritten >= REGION_MIN_PAGES_SHARE * npages)
-            and not _incompressible(new_pages[is_rewritten])
+            # a few reused pages of random bytes among unchanged ones are new content; a chunk rewritten
+            # throughout (shifted archives of compressed members) may well be in the baseline
+            and not (2 * rewritten < npages and _incompressible(new_pages[is_rewritten]))
         )
         content = new_pages.tobytes()
         if not region:
