@@ -83,6 +83,12 @@ def provenance_note(labels: dict[str, Any] | None) -> str:
     return text
 
 
+def rerender(name: str, out: Path, render: Callable[[dict[str, Any]], str]) -> None:
+    """Rewrite a generated page from its stored results alone (``--render-only`` of the report scripts)."""
+    out.write_text(render(json.loads((RESULTS / f"{name}.json").read_text())))
+    print(f"wrote {out}")
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median wall seconds of ``repeats`` calls, and the last result (single-threaded: wall = one core)."""
     times = []

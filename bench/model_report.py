@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, label_provenance, machine, provenance_note, write
+from _common import RESULTS, label_provenance, machine, provenance_note, rerender, write
 from dwcp_selector.costmodel import CostModel
 from dwcp_selector.modeling.artifact import ModelArtifact, load_artifact
 from dwcp_selector.modeling.decide import Decider
@@ -310,8 +310,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.render_only:
-        OUT.write_text(render(json.loads((RESULTS / "model.json").read_text())))
-        print(f"wrote {OUT}")
+        rerender("model", OUT, render)
         return
     if args.model is None or args.data is None:
         ap.error("--model and --data are required (or --render-only)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import RESULTS, label_provenance, machine, provenance_note, write
+from _common import label_provenance, machine, provenance_note, rerender, write
 from dwcp_selector.dataset.quality import assess
 from dwcp_selector.telemetry.schema import STRATEGIES
 from dwcp_selector.telemetry.store import open_store
@@ -112,8 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     out = ROOT / "docs" / "staging-data.md"
     if args.render_only:
-        out.write_text(render(json.loads((RESULTS / "staging.json").read_text())))
-        print(f"wrote {out}")
+        rerender("staging", out, render)
         return
     if args.store is None or args.collect_report is None:
         ap.error("--store and --collect-report are required (or --render-only)")
