@@ -463,7 +463,13 @@ def transfer_series(
     for n in series:
         for rep in range(reps):  # strategies interleaved: drift hits all of them alike
             for strategy in offered:
-                sm = m[strategy]
+                # the codec measured on the sending core just before its transfer: this host's speed
+                # drifts by tens of percent over minutes (AMD EPYC, 2026-12-02), so a measurement taken
+                # minutes earlier prices a different machine; it stays apart from the transfer it prices
+                sm = dict(m[strategy])
+                if args.paired:
+                    run = bed.sender.call("measure", name=p.name, strategy=strategy, calls=1)["runs"][0]
+                    sm.update(encode_s=run["encode_s"], decode_s=run["decode_s"])
                 meas = StrategyMeasurement(sm["compressed_bytes"], sm["encode_s"], sm["decode_s"])
                 in_order = bool(ordered(strategy)) if ordered is not None else False
                 waited, busy = gate(rate)
@@ -634,6 +640,15 @@ def derive_corrections(doc: Mapping[str, Any]) -> dict[str, Any]:
     )
     unshaped = [lk for lk in links.values() if not lk["nominal_bps"]]
     stack_bps = unshaped[0]["steady_goodput_bps"] if unshaped else math.inf
+    # the receiving stack is priced at the same rate: one pinned stream's goodput is what one core moves
+    # through the stack, on either side. The sink thread's own CPU clock reads less (34 Gbit/s against
+    # 16-31 Gbit/s of goodput on an AMD EPYC, 2026-12-02): the softirq work of receiving runs outside the
+    # thread, and pricing at that reading left `none` 40 % too fast unshaped (docs/decisions/0007)
+    recv = [b for lk in unshaped for b in lk["blasts"] if b.get("recv_cpu_s")]
+    recv_cpu_bps = statistics.median(8.0 * b["bytes"] / b["recv_cpu_s"] for b in recv) if recv else None
+    recv_stack_bps = stack_bps
+    send = [b for lk in unshaped for b in lk["blasts"] if b.get("send_cpu_s")]
+    send_cpu_bps = statistics.median(8.0 * b["bytes"] / b["send_cpu_s"] for b in send) if send else None
     rtt = statistics.median(lk["rtt_s"] for lk in links.values())
     null1 = statistics.median(lk["null_transfer"]["1"]["median_s"] for lk in links.values())
     null4 = statistics.median(lk["null_transfer"]["4"]["median_s"] for lk in links.values())
@@ -648,6 +663,9 @@ def derive_corrections(doc: Mapping[str, Any]) -> dict[str, Any]:
         "wire_efficiency": wire_eff,
         "tbf_payload_per_counted_byte": tbf_eff,
         "stack_bps": stack_bps,
+        "recv_stack_bps": recv_stack_bps,
+        "send_cpu_bps_for_comparison": send_cpu_bps,
+        "recv_cpu_bps_for_comparison": recv_cpu_bps,
         "rtt_s": rtt,
         "null_transfer_1_stream_s": null1,
         "null_transfer_4_streams_s": null4,
@@ -663,6 +681,7 @@ def corrected_kwargs(corr: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "wire_efficiency": corr["wire_efficiency"],
         "stack_bps": corr["stack_bps"],
+        "recv_stack_bps": corr.get("recv_stack_bps", math.inf),
         # the model's (E + D)/m stays: the bottleneck form is the cleaner pipeline, but with
         # measure_strategy's encode times (lower than the same encoders cost inside AMST) it predicts
         # worse; see the "+ bottleneck" variants
@@ -688,6 +707,7 @@ def predictors(corr: Mapping[str, Any]) -> dict[str, Callable[[Mapping[str, Any]
         "+wire": {"wire_efficiency": full["wire_efficiency"]},
         "+overhead": {**overhead, "rtt_outside": True},
         "+stack": {"stack_bps": full["stack_bps"]},
+        "+recv": {"recv_stack_bps": full["recv_stack_bps"]},
     }
 
     def variant(kw: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], float]:
@@ -736,8 +756,9 @@ def analyse(doc: dict[str, Any]) -> None:
         "bucket+wire": "and B × wire efficiency",
         "bucket+overhead": "and per transfer: overhead + R (connect) + R always paid + per stream + verify",
         "bucket+stack": "and the network stack's CPU on the sending core added to encoding",
-        "proposed, no bucket": "wire + overhead + stack, without the testbed's bucket",
-        "proposed": "wire + overhead + stack (the proposed formula), with the bucket",
+        "bucket+recv": "and the receiving stack's CPU on the receiving core added to decoding",
+        "proposed, no bucket": "wire + overhead + both stacks, without the testbed's bucket",
+        "proposed": "wire + overhead + both stacks (the proposed formula), with the bucket",
         "proposed+bottleneck": "proposed, pipeline fill/drain by the slowest stage instead of (E + D)/m",
         "proposed+bottleneck+AMST encode": "and e_s = the encoder's wall time on the AMST sender's path",
         "this build": "the cost model of the measured code with its own parameters, with the bucket",
@@ -788,7 +809,9 @@ def report(doc: Mapping[str, Any]) -> None:
     print(
         f"\ncorrections (measured apart from the transfers): wire efficiency {corr['wire_efficiency']:.4f} "
         f"(tbf counts {1 / corr['tbf_payload_per_counted_byte']:.4f} bytes per payload byte); "
-        f"stack {corr['stack_bps'] / 1e9:.1f} Gbit/s of the sending core; R always paid; per transfer "
+        f"stack {corr['stack_bps'] / 1e9:.1f} Gbit/s of the sending core, "
+        f"{corr.get('recv_stack_bps', math.inf) / 1e9:.1f} Gbit/s of the receiving core; R always paid; "
+        "per transfer "
         f"{corr['overhead_s'] * 1e3:.3f} ms + {corr['rtt_factor']:.0f}·R, "
         f"{corr['per_stream_s'] * 1e3:.3f} ms per extra stream, verify at {corr['verify_bps'] / 8e9:.1f} "
         f"GB/s (fitted to the transfers instead: {corr['fitted_overhead_s_for_comparison'] * 1e3:.3f} ms)"
@@ -884,6 +907,12 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="fewer, smaller payloads and repeats")
     ap.add_argument(
+        "--no-paired",
+        dest="paired",
+        action="store_false",
+        help="price every transfer with the codec measured once up front, not just before it",
+    )
+    ap.add_argument(
         "--out",
         help="name of the result in bench/results/ (default cost_model_transfers; with --reanalyse "
         "nothing is written unless given)",
@@ -910,6 +939,7 @@ def main() -> None:
     analyse(doc)
     report(doc)
     command = " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    doc["paired_measurements"] = args.paired
     path = write_result(args.out, {"machine": machine(), "command": command, **doc})
     print(f"\nwrote {path}")
 

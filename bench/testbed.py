@@ -437,10 +437,12 @@ def model_kwargs(params: Any = None) -> dict[str, Any]:
 
     p = params if params is not None else CostParams()
     stack = getattr(p, "send_stack_s_per_byte", 0.0)
+    recv_stack = getattr(p, "recv_stack_s_per_byte", 0.0)
     verify = getattr(p, "verify_s_per_byte", 0.0)
     return {
         "wire_efficiency": getattr(p, "wire_efficiency", 1.0),
         "stack_bps": 8.0 / stack if stack else math.inf,
+        "recv_stack_bps": 8.0 / recv_stack if recv_stack else math.inf,
         "pipeline": "model",
         "rtt_outside": not getattr(p, "rtt_in_pipeline", True),
         "overhead_s": getattr(p, "transfer_overhead_s", 0.0),
@@ -460,6 +462,7 @@ def predict(
     per_stream_s: float = 0.0,
     verify_bps: float = math.inf,
     stack_bps: float = math.inf,
+    recv_stack_bps: float = math.inf,
     pipeline: str = "model",
     rtt_outside: bool = False,
     burst_credit: bool = False,
@@ -479,6 +482,8 @@ def predict(
       this veth as tbf counts). Unshaped rows carry as B the measured goodput over the model's η.
     * ``stack_bps``: the network stack's CPU work on the sending node competes with encoding for its
       cores: E = (e_s + 8·S_s/stack_bps)/k.
+    * ``recv_stack_bps``: the receiving stack's CPU work (the kernel's copy of every byte received) on the
+      receiving node competes with decoding for its cores: D = (d_s + 8·S_s/recv_stack_bps)/k_d.
     * ``pipeline="bottleneck"``: the pipeline's fill and drain are the first chunk's share of the stages
       before the slowest and the last chunk's share of those after it (the model always adds (E + D)/m,
       which counts the encoder's fill twice when encoding is the slowest stage).
@@ -504,7 +509,10 @@ def predict(
         enc += 8.0 * compressed / stack_bps
     enc /= k
     free = float(row.get("free_cores", 1.0))
-    dec = float(row["decode_s"]) / (min(free, 1.0) if row.get("decodes_in_order") else k)
+    dec = float(row["decode_s"])
+    if math.isfinite(recv_stack_bps):
+        dec += 8.0 * compressed / recv_stack_bps
+    dec /= min(free, 1.0) if row.get("decodes_in_order") else k
     # the link carries payload bytes / wire_efficiency (headers), less an idle tbf bucket's worth; unshaped,
     # the row's capacity is the measured goodput over the model's efficiency, so the same rule holds
     wire_bytes = compressed / wire_efficiency
@@ -514,6 +522,12 @@ def predict(
     if pipeline == "model":
         xmit = wire if rtt_outside else rtt + wire
         t = max(enc, xmit, dec) + (enc + dec) / m
+    elif pipeline == "standard":
+        # m equal chunks through three stages: the first chunk crosses all of them, each later one adds
+        # the slowest stage's share: T = max + (E + X + D − max)/m
+        xmit = wire if rtt_outside else rtt + wire
+        stages = (enc, xmit, dec)
+        t = max(stages) + (sum(stages) - max(stages)) / m
     elif pipeline == "bottleneck":
         xmit = wire if rtt_outside else rtt + wire
         first = min(chunk_size, payload) / payload if payload else 1.0
@@ -522,7 +536,7 @@ def predict(
         slowest = max(range(3), key=lambda i: stages[i])
         t = stages[slowest] + first * sum(stages[:slowest]) + last * sum(stages[slowest + 1 :])
     else:
-        raise ValueError(f"pipeline must be 'model' or 'bottleneck', got {pipeline!r}")
+        raise ValueError(f"pipeline must be 'model', 'standard' or 'bottleneck', got {pipeline!r}")
     if rtt_outside:
         t += rtt
     t += overhead_s + rtt_factor * rtt + per_stream_s * (int(row.get("streams", 1)) - 1)
@@ -570,17 +584,19 @@ def _echo(conn: socket.socket) -> None:
         conn.sendall(b)
 
 
-_SINK_REPLY = struct.Struct("<dddQQ")
+_SINK_REPLY = struct.Struct("<dddQQd")
 
 
 def _sink(conn: socket.socket) -> None:
-    """Read to EOF; answer with the monotonic times of the first byte, the 25 % mark and the last byte."""
+    """Read to EOF; answer with the monotonic times of the first byte, the 25 % mark and the last byte,
+    the byte counts, and the CPU seconds this thread spent receiving (the receiving stack's cost)."""
     (expected,) = struct.unpack("<Q", _recv_n(conn, 8))
     buf = bytearray(1 << 20)
     got = 0
     t_first = t_mark = t_last = 0.0
     mark = expected // 4
     mark_bytes = 0
+    cpu0 = time.thread_time()
     while True:
         k = conn.recv_into(buf)
         now = time.perf_counter()
@@ -592,7 +608,8 @@ def _sink(conn: socket.socket) -> None:
         if not mark_bytes and got >= mark:
             t_mark, mark_bytes = now, got
         t_last = now
-    conn.sendall(_SINK_REPLY.pack(t_first, t_mark, t_last, got, mark_bytes))
+    cpu = time.thread_time() - cpu0
+    conn.sendall(_SINK_REPLY.pack(t_first, t_mark, t_last, got, mark_bytes, cpu))
 
 
 def _recv_n(conn: socket.socket, n: int) -> bytes:
@@ -737,6 +754,11 @@ def _worker_main(role: str) -> int:
                 assert rx is not None
                 got = rx.wait(uuid.UUID(cmd["transfer_id"]), timeout=float(cmd.get("timeout", 60)))
                 ok = got.data == payloads[cmd["name"]]
+                # the receiver wakes ``wait`` inside ``finish``, before the probe wrapper has stored its
+                # time stamps: give the wrapper a bounded moment to finish
+                deadline = time.perf_counter() + 2.0
+                while cmd["transfer_id"] not in probes and time.perf_counter() < deadline:
+                    time.sleep(0.0005)
                 p = probes.pop(cmd["transfer_id"], {})
                 reply({"verified": ok, "elapsed_s": got.elapsed_s, "wire_bytes": got.wire_bytes, **p})
             elif op == "encode_paths":
@@ -836,12 +858,15 @@ def _blast(nbytes: int) -> dict[str, Any]:
     with socket.create_connection((RECEIVER_ADDR, SINK_PORT), timeout=60) as s:
         s.sendall(struct.pack("<Q", nbytes))
         left = nbytes
+        cpu0 = time.thread_time()
         while left > 0:
             n = min(left, len(block))
             s.sendall(memoryview(block)[:n])
             left -= n
+        send_cpu = time.thread_time() - cpu0
         s.shutdown(socket.SHUT_WR)
-        t_first, t_mark, t_last, got, mark_bytes = _SINK_REPLY.unpack(_recv_n(s, _SINK_REPLY.size))
+        reply = _SINK_REPLY.unpack(_recv_n(s, _SINK_REPLY.size))
+        t_first, t_mark, t_last, got, mark_bytes, recv_cpu = reply
     t_end = time.perf_counter()
     c1 = _tcp_counters()
     return {
@@ -849,6 +874,8 @@ def _blast(nbytes: int) -> dict[str, Any]:
         "elapsed_s": t_end - t0,
         "steady_bps": 8.0 * (got - mark_bytes) / (t_last - t_mark) if t_last > t_mark else math.inf,
         "first_byte_s": t_first - t0,
+        "send_cpu_s": send_cpu,
+        "recv_cpu_s": recv_cpu,
         "retrans_segs": c1.get("RetransSegs", 0) - c0.get("RetransSegs", 0),
         "out_segs": c1.get("OutSegs", 0) - c0.get("OutSegs", 0),
     }

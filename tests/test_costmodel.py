@@ -14,7 +14,7 @@ from dwcp_selector.errors import ConfigError
 from dwcp_selector.link import LINK_CLASSES, LinkState, SystemState, link_from_class
 
 MiB = 1 << 20
-#: The formula of DESIGN section 2 alone, without the terms measured on real transfers (cost-v2).
+#: The formula of DESIGN section 2 alone, without the terms measured on real transfers (cost-v2, v3).
 BARE = CostParams(
     wire_efficiency=1.0,
     setup_rtts=0.0,
@@ -22,6 +22,7 @@ BARE = CostParams(
     transfer_overhead_s=0.0,
     stream_overhead_s=0.0,
     send_stack_s_per_byte=0.0,
+    recv_stack_s_per_byte=0.0,
     verify_s_per_byte=0.0,
 )
 CM = CostModel(BARE)
@@ -243,7 +244,7 @@ def test_the_terms_measured_on_real_transfers() -> None:
     m = StrategyMeasurement(compressed_bytes=2 * MiB, encode_s=0.04, decode_s=0.02)
     payload, system = 8 * MiB, SystemState(free_cores=2)
     e = (0.04 + p.send_stack_s_per_byte * 2 * MiB) / 2
-    d = 0.02 / 2
+    d = (0.02 + p.recv_stack_s_per_byte * 2 * MiB) / 2
     x = 8 * 2 * MiB / (p.wire_efficiency * 1e9)
     streams = min(cm.streams(link), 8)
     expected = (
@@ -260,3 +261,39 @@ def test_the_terms_measured_on_real_transfers() -> None:
     costs = cm.costs(payload, {"none": none, "lz4": m}, link, system)
     bare = CM.costs(payload, {"none": none, "lz4": m}, link, system)
     assert costs["none"] > bare["none"] and costs["lz4"] > bare["lz4"]
+
+
+def test_a_cost_v2_artifact_keeps_its_fingerprint_and_prices_without_the_receiving_stack() -> None:
+    v2 = {
+        "mss_bytes": 1448,
+        "window_cap_bytes": 4194304,
+        "chunk_size": 1048576,
+        "max_streams": 64,
+        "tie_tolerance": 0.01,
+        "strategy_order": ["none", "lz4", "zstd", "hde"],
+        "ordered_decode": ["zstd", "hde"],
+        "wire_efficiency": 0.9564,
+        "setup_rtts": 1.0,
+        "rtt_in_pipeline": False,
+        "transfer_overhead_s": 0.000757,
+        "stream_overhead_s": 0.000161,
+        "send_stack_s_per_byte": 8 / 22.66e9,
+        "verify_s_per_byte": 8 / 235.3e9,
+        "version": "cost-v2",
+    }
+    old = CostParams.from_dict(v2)
+    assert old.recv_stack_s_per_byte == 0.0
+    assert old.fingerprint == "9f619ce57811d383"
+    new = CostParams.from_dict({**v2, "recv_stack_s_per_byte": 8 / 20e9, "version": "cost-v3"})
+    assert new.fingerprint != old.fingerprint
+    link, system = LinkState(capacity_bps=25e9, rtt_s=1e-4), SystemState(free_cores=1)
+    m = StrategyMeasurement(compressed_bytes=8 * MiB, encode_s=0.002, decode_s=0.004)
+    t_old = CostModel(old).transfer_time(8 * MiB, m, link, system, "none")
+    t_new = CostModel(new).transfer_time(8 * MiB, m, link, system, "none")
+    # on a fast link the receiver's core is the slowest stage: its stack's copy of every byte counts
+    assert t_new > t_old
+    arr = CostModel(new).transfer_time_array(
+        *(np.array([v], dtype=np.float64) for v in (8 * MiB, 8 * MiB, 0.002, 0.004, 25e9, 0.0, 1e-4, 0.0, 1)),
+        strategy="none",
+    )
+    assert arr[0] == pytest.approx(t_new)

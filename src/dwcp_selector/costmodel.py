@@ -15,16 +15,16 @@ For payload bytes S and strategy s::
                                               is coded with the payload bytes before it as context)
     E = (e_s + σ·S_s) / k_e                   encode, and the sending stack's CPU per byte sent (σ)
     X = 8·S_s / (η·min(B, n·r))               η: payload bits per bit on the link (TCP/IP/Ethernet headers)
-    D = d_s / k_d
+    D = (d_s + ρ·S_s) / k_d                   decode, and the receiving stack's CPU per byte received (ρ)
     T_s = max(E, X, D) + (E + D) / m          pipelined
           + (1 + h)·R                         the data's RTT and h RTTs of connection set-up, whatever
                                               stage is the slowest
           + o + o_s·(min(n, m) − 1) + v·S     per transfer (threads, HELLO, RESULT), per extra stream,
                                               and the receiver's checksum of the whole payload
 
-η, h, o, o_s, σ and v were measured on real AMST transfers between two network namespaces over tbf-shaped
+η, h, o, o_s, σ, ρ and v were measured on real AMST transfers between two network namespaces over tbf-shaped
 links (``bench/cost_model_transfers.py``, ``docs/decisions/0007-cost-model-against-real-transfers.md``);
-o, σ and v are this implementation's CPU costs on the host that measured them, not constants of nature.
+o, σ, ρ and v are this implementation's CPU costs on the host that measured them, not constants of nature.
 
 Parameters that later versions added keep, in artifacts written before them, the value that reproduces
 the older formula (``LEGACY_VALUES``), and are left out of the fingerprint at that value: a model priced
@@ -74,6 +74,10 @@ DEFAULT_SETUP_RTTS = 1.0
 DEFAULT_TRANSFER_OVERHEAD_S = 0.757e-3
 DEFAULT_STREAM_OVERHEAD_S = 0.161e-3
 DEFAULT_SEND_STACK_S_PER_BYTE = 8 / 22.66e9
+#: The receiving stack's CPU per byte (the kernel's copy into the receiver's buffers and the softirq work
+#: of receiving), priced at the rate one core moves bytes through the stack: one pinned plain-TCP stream's
+#: goodput, as the sending side's; Intel Xeon, 2 cores, 2026-12-02 (docs/decisions/0007).
+DEFAULT_RECV_STACK_S_PER_BYTE = 8 / 22.66e9
 DEFAULT_VERIFY_S_PER_BYTE = 8 / 235.3e9
 #: Values of later parameters that reproduce the older formula; omitted from the fingerprint.
 LEGACY_VALUES: dict[str, object] = {
@@ -84,6 +88,7 @@ LEGACY_VALUES: dict[str, object] = {
     "transfer_overhead_s": 0.0,
     "stream_overhead_s": 0.0,
     "send_stack_s_per_byte": 0.0,
+    "recv_stack_s_per_byte": 0.0,
     "verify_s_per_byte": 0.0,
 }
 
@@ -108,8 +113,9 @@ class CostParams:
     transfer_overhead_s: float = DEFAULT_TRANSFER_OVERHEAD_S
     stream_overhead_s: float = DEFAULT_STREAM_OVERHEAD_S
     send_stack_s_per_byte: float = DEFAULT_SEND_STACK_S_PER_BYTE
+    recv_stack_s_per_byte: float = DEFAULT_RECV_STACK_S_PER_BYTE
     verify_s_per_byte: float = DEFAULT_VERIFY_S_PER_BYTE
-    version: str = "cost-v2"
+    version: str = "cost-v3"
 
     def __post_init__(self) -> None:
         if self.mss_bytes <= 0 or self.window_cap_bytes <= 0 or self.chunk_size <= 0:
@@ -127,6 +133,7 @@ class CostParams:
             self.transfer_overhead_s,
             self.stream_overhead_s,
             self.send_stack_s_per_byte,
+            self.recv_stack_s_per_byte,
             self.verify_s_per_byte,
         )
         if not all(math.isfinite(x) and x >= 0 for x in extras):
@@ -265,7 +272,9 @@ class CostModel:
         k = min(system.free_cores, m)
         sent = measurement.compressed_bytes
         enc = (measurement.encode_s + p.send_stack_s_per_byte * sent) / k
-        dec = measurement.decode_s / (min(system.free_cores, 1) if self.decodes_in_order(strategy) else k)
+        dec = (measurement.decode_s + p.recv_stack_s_per_byte * sent) / (
+            min(system.free_cores, 1) if self.decodes_in_order(strategy) else k
+        )
         rtt = link.rtt_s
         xmit = 8.0 * sent / (p.wire_efficiency * self.effective_bps(link))
         if p.rtt_in_pipeline:
@@ -340,7 +349,9 @@ class CostModel:
         m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
         k = np.minimum(free_cores, m)
         enc = (encode_s + p.send_stack_s_per_byte * compressed_bytes) / k
-        dec = decode_s / (np.minimum(free_cores, 1.0) if self.decodes_in_order(strategy) else k)
+        dec = (decode_s + p.recv_stack_s_per_byte * compressed_bytes) / (
+            np.minimum(free_cores, 1.0) if self.decodes_in_order(strategy) else k
+        )
         xmit = 8.0 * compressed_bytes / (p.wire_efficiency * rate)
         if p.rtt_in_pipeline:
             xmit = xmit + rtt_s
