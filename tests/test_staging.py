@@ -127,6 +127,14 @@ def test_collect_into_sqlite_is_deterministic_and_idempotent(tmp_path: Path) -> 
     assert table.num_rows == 203
     ids = table.column("request_id").to_pylist()
     assert len(set(ids)) == 203
+    # every record names the host that measured it (workers=1 here, 2 in the PostgreSQL test)
+    from dwcp_selector.hostprofile import load_or_calibrate
+
+    here = load_or_calibrate()
+    assert here is not None and report.host_profile is not None
+    assert set(table.column("host_profile_id").to_pylist()) == {here.profile_id}
+    assert table.column("f_host_zstd_encode_bps").to_pylist()[0] == here.encode_bps["zstd"]
+    assert here.key.cpu_model in table.column("host_cpu").to_pylist()[0]
     other = tmp_path / "other.db"
     collect(f"sqlite:///{other}", 203, 5, mix=mix, start=START)
     with open_store(f"sqlite:///{other}") as store:
@@ -143,6 +151,9 @@ def test_collect_into_postgres_uses_the_same_path(pg_url: str) -> None:
     assert report.records == 90
     with open_store(pg_url) as store:
         assert store.count() == 90
+        hosts = store.read_table(["host_profile_id", "f_host_lz4_decode_bps"])
+        assert hosts.column("host_profile_id").null_count == 0  # the spawned workers carry it too
+        assert min(hosts.column("f_host_lz4_decode_bps").to_pylist()) > 0
         days = store.days()
         assert sum(days.values()) == 90
         assert set(days) <= set(store.partitions())  # one partition per day of data

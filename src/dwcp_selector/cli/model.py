@@ -110,27 +110,95 @@ def train_cmd(
 
 
 @cli.command("calibrate")
-@_MODEL_DIR
-@_DATA_DIR
+@click.option("--model", "model_dir", type=_EXISTING_DIR, help="A model directory: its decisions are timed.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=_EXISTING_DIR,
+    help="The model's dataset: also refit its fast-path and rich-tier policy on this host's times.",
+)
 @click.option("--calls", type=click.IntRange(min=20), default=200, show_default=True)
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0.5, max=600),
+    default=10.0,
+    show_default=True,
+    help="Seconds the host profile may take.",
+)
+@click.option("--force", is_flag=True, help="Measure the host again even when a profile is cached.")
 @click.option("--json", "as_json", is_flag=True)
-def calibrate_cmd(model_dir: Path, data_dir: Path, calls: int, as_json: bool) -> None:
-    """Re-time a model's decisions on this host and refit its fast-path and rich-tier policy."""
-    from ..training.pipeline import calibrate
+def calibrate_cmd(
+    model_dir: Path | None,
+    data_dir: Path | None,
+    calls: int,
+    budget: float,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Measure this host's speed profile (cached per host), and re-time a model's decisions on it.
 
-    summary = calibrate(model_dir, data_dir, timing_calls=calls)
-    doc = {k: summary[k] for k in ("decision_times", "policy", "calibrated")}
-    doc["test"] = {k: summary["metrics"].get("test", {}).get(k) for k in _KEYS}
+    Without --data nothing in the model directory changes: the host profile and the model's decision
+    times on this host go to the profile cache. With --data the model's policy is refitted too.
+    """
+    from ..errors import ConfigError
+    from ..hostprofile import load_or_calibrate, profile_dir
+
+    if data_dir is not None and model_dir is None:
+        raise ConfigError("--data needs --model: the dataset is the model's")
+    profile = load_or_calibrate(force=force, budget_s=budget)
+    assert profile is not None
+    doc: dict[str, Any] = {
+        "host_profile": {**profile.to_dict(), "profile_id": profile.profile_id},
+        "profile_dir": str(profile_dir()),
+    }
+    summary: dict[str, Any] | None = None
+    if model_dir is not None and data_dir is None:
+        from ..costmodel import CostModel
+        from ..modeling.artifact import load_artifact
+        from ..modeling.decide import Decider
+        from ..modeling.runtime import TieredModel
+        from ..modeling.timing import measure_decision_times
+
+        artifact = load_artifact(model_dir)
+        times = measure_decision_times(
+            Decider(TieredModel(artifact), CostModel(artifact.cost_params)), calls=calls
+        )
+        doc["decision_times"] = {"model": artifact.times.to_dict(), "this_host": times.to_dict()}
+    elif model_dir is not None and data_dir is not None:
+        from ..training.pipeline import calibrate
+
+        summary = calibrate(model_dir, data_dir, timing_calls=calls)
+        doc.update({k: summary[k] for k in ("decision_times", "policy", "calibrated")})
+        doc["test"] = {k: summary["metrics"].get("test", {}).get(k) for k in _KEYS}
 
     def human() -> None:
-        before = summary["calibrated"]["before"]
-        for name, now in (("decision times", summary["decision_times"]), ("policy", summary["policy"])):
-            was = before["times" if name == "decision times" else "policy"]
-            stdout.print(f"{name}: " + ", ".join(f"{k} {was[k]:.3g} → {v:.3g}" for k, v in now.items()))
-        test = doc["test"]
+        p = profile
         stdout.print(
-            f"test: near-optimal {_pct(test['near_optimal_rate'])}, mean regret {_pct(test['regret_mean'])}"
+            f"host {p.key.cpu_model}, {p.key.cores} cores ({p.profile_id}; {p.rounds} rounds in "
+            f"{p.calibration_s:.1f} s, measured {p.measured_at})"
         )
+        for s in p.encode_bps:
+            stdout.print(
+                f"  {s:5} encode {p.encode_bps[s] / 1e6:8.1f} MB/s, decode {p.decode_bps[s] / 1e6:8.1f} MB/s"
+                " per core"
+            )
+        stdout.print(f"  Python reference loop {p.python_ops_s / 1e6:.2f} M iterations/s")
+        if "decision_times" in doc and summary is None:
+            was, now = doc["decision_times"]["model"], doc["decision_times"]["this_host"]
+            stdout.print(
+                "decision times (model's → this host): "
+                + ", ".join(f"{k} {was[k]:.3g} → {v:.3g}" for k, v in now.items())
+            )
+        if summary is not None:
+            before = summary["calibrated"]["before"]
+            for name, now in (("decision times", summary["decision_times"]), ("policy", summary["policy"])):
+                was = before["times" if name == "decision times" else "policy"]
+                stdout.print(f"{name}: " + ", ".join(f"{k} {was[k]:.3g} → {v:.3g}" for k, v in now.items()))
+            test = doc["test"]
+            stdout.print(
+                f"test: near-optimal {_pct(test['near_optimal_rate'])}, "
+                f"mean regret {_pct(test['regret_mean'])}"
+            )
 
     emit(as_json, doc, human)
 

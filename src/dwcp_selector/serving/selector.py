@@ -14,15 +14,18 @@ of four from the one it was decided for, and when :meth:`Selector.invalidate` is
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from .._types import BytesLike
 from ..costmodel import CostModel
+from ..hostprofile import HostProfile, compare_to_training_hosts, load_or_calibrate
 from ..link import LinkState, SystemState
 from ..modeling.artifact import load_artifact
 from ..modeling.decide import Decider, Decision
@@ -34,6 +37,7 @@ __all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_TTL_S", "Selector"]
 DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_CACHE_TTL_S = 60.0
 _SIZE_DRIFT = 4.0
+_log = logging.getLogger(__name__)
 
 CacheKey = tuple[str, str, int, int, bool]
 
@@ -47,8 +51,18 @@ class Selector:
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
         ttl_s: float = DEFAULT_CACHE_TTL_S,
+        host_profile: HostProfile | Literal["auto"] | None = "auto",
     ) -> None:
+        """``host_profile="auto"`` takes this host's cached profile, or measures it (about 5 s, once per
+        host) when there is none; ``None`` skips it. ``host_report`` compares it with the model's
+        training hosts, and each warning goes to the log."""
         self.artifact = load_artifact(model_dir)
+        self.host_profile = load_or_calibrate() if host_profile == "auto" else host_profile
+        self.host_report = compare_to_training_hosts(
+            self.host_profile, self.artifact.extra.get("training_hosts") or []
+        )
+        for message in self.host_report["warnings"]:
+            _log.warning("model %s on this host: %s", model_dir, message)
         self.cost_model = CostModel(self.artifact.cost_params)
         self.decider = Decider(TieredModel(self.artifact), self.cost_model)
         self.cache_size = cache_size

@@ -100,6 +100,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             *(f"ALTER TABLE {TABLE} ALTER COLUMN {name} DROP NOT NULL" for name in RELAXED_IN_2),
         ],
     ),
+    (
+        3,
+        "the measuring host's speed profile",
+        [
+            f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {_PG_TYPE[c.kind]}"
+            for c in COLUMNS
+            if c.since == 3
+        ],
+    ),
 ]
 
 

@@ -13,7 +13,8 @@ Columns come in groups, and the groups are the leakage rule made concrete (DESIG
 * **labels** - the cost of every offered strategy under this record's link and node, the oracle's label,
   its cost and the runner-up gap;
 * **used** - the strategy actually used and its achieved time (production, shadow and A/B rows);
-* **meta** - cost-model fingerprint, feature and schema versions, library version, quality flags.
+* **meta** - cost-model fingerprint, feature and schema versions, library version, quality flags, and
+  the measuring host's profile id and CPU (the profile's rates are ``f_host_*`` features).
 
 ``COLUMNS`` is the single definition the SQLite and PostgreSQL DDL, the Parquet schema and the data
 checks are generated from.
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..costmodel import DEFAULT_STRATEGY_ORDER
 from ..errors import ConfigError
+from ..hostprofile import HOST_FEATURE_STRATEGIES
 
 __all__ = [
     "RELAXED_IN_2",
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 TABLE = "compression_telemetry"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Columns that schema version 1 declared NOT NULL and version 2 made nullable (the rich-tier features,
 #: which a collector on the decision path computes only for transfers large enough to pay for them).
@@ -144,6 +146,16 @@ _FEATURES = [
         "f_prev_hde_ratio", Kind.REAL, "feature", True, "moving average over earlier transfers of the session"
     ),
 ]
+# The measuring host's speed profile (``hostprofile``; schema version 3): measured apart from every
+# transfer, so known before each one. Null in records of stores written before version 3.
+for _s in HOST_FEATURE_STRATEGIES:
+    _FEATURES += [
+        _c(f"f_host_{_s}_encode_bps", Kind.REAL, "feature", True, f"host: {_s} encode, bytes/CPU-s", since=3),
+        _c(f"f_host_{_s}_decode_bps", Kind.REAL, "feature", True, f"host: {_s} decode, bytes/CPU-s", since=3),
+    ]
+_FEATURES.append(
+    _c("f_host_python_ops_s", Kind.REAL, "feature", True, "host: pure-Python reference loop rate", since=3)
+)
 _OUTCOMES = [_c("o_streams", Kind.INT, "outcome", False, "AMST streams for this link")]
 for _s in STRATEGIES:
     _OUTCOMES += [
@@ -176,6 +188,15 @@ _META = [
     _c("library_version", Kind.TEXT, "meta", False),
     _c("measure_repeats", Kind.INT, "meta", False),
     _c("quality_flags", Kind.INT, "meta", False),
+    _c(
+        "host_profile_id",
+        Kind.TEXT,
+        "meta",
+        True,
+        "the measuring host's profile (key and measurement)",
+        since=3,
+    ),
+    _c("host_cpu", Kind.TEXT, "meta", True, "the measuring host's CPU model and usable cores", since=3),
 ]
 
 # The sampling-probe baseline (DESIGN section 5): every strategy run on a 64 KiB sample. What a probe

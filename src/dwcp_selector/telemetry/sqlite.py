@@ -85,6 +85,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "text share feature, sampling-probe baseline columns, nullable rich-tier features",
         _rebuild_v2(),
     ),
+    (
+        3,
+        "the measuring host's speed profile",
+        [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {_SQL_TYPE[c.kind]}" for c in COLUMNS if c.since == 3],
+    ),
 ]
 
 
@@ -100,8 +105,8 @@ def _path_of(url: str) -> str:
 
 
 _TS = COLUMN_NAMES.index("ts")
-#: 400 rows × 65 columns stays under SQLite's limit of 32,766 bound parameters a statement.
-_ROWS_PER_STATEMENT = 400
+#: Rows a multi-row INSERT binds: under SQLite's limit of 32,766 bound parameters a statement.
+_ROWS_PER_STATEMENT = min(400, 32_766 // len(COLUMN_NAMES))
 
 
 class SqliteStore(TelemetryStore):

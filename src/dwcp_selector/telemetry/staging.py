@@ -19,7 +19,7 @@ import datetime as dt
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 from .._version import __version__
 from ..costmodel import CostModel, Oracle
 from ..features import FEATURE_VERSION, payload_features
+from ..hostprofile import HostProfile, load_or_calibrate
 from ..link import LinkState, SystemState
 from ..measure import StrategyRun, default_repeats, measure_strategy, sampling_probe
 from ..strategies import Baseline, PayloadCodec
@@ -37,7 +38,7 @@ from ..workload.corpus import Corpus
 from ..workload.links import draw_link, draw_system
 from ..workload.payloads import default_pools
 from ..workload.staging import PlannedSession, ScenarioMix, Transfer, plan_sessions, session_transfers
-from .schema import SCHEMA_VERSION, STRATEGIES, QualityFlag
+from .schema import COLUMNS, SCHEMA_VERSION, STRATEGIES, QualityFlag
 from .store import open_store
 
 __all__ = ["CollectionReport", "collect", "records_for_transfer"]
@@ -57,9 +58,11 @@ class CollectionReport:
     resumed: int = 0
     seconds: float = 0.0
     mix: dict[str, Any] = field(default_factory=dict)
+    host_profile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "host_profile": self.host_profile,
             "store": self.store,
             "seed": self.seed,
             "payloads": self.payloads,
@@ -96,8 +99,12 @@ def records_for_transfer(
     history: dict[str, float | None],
     source: str = "staging",
     limit: int | None = None,
+    host: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure one transfer for real and price it under ``draws`` link/node draws: one record each."""
+    """Measure one transfer for real and price it under ``draws`` link/node draws: one record each.
+
+    ``host`` holds the measuring host's profile columns (:func:`host_columns`); without it they are null.
+    """
     feats = payload_features(t.payload, t.baseline)
     basic, rich = feats.basic, feats.rich
     baseline = Baseline(t.session_id, t.baseline) if t.baseline is not None else None
@@ -152,6 +159,7 @@ def records_for_transfer(
         "schema_version": SCHEMA_VERSION,
         "library_version": __version__,
         "measure_repeats": repeats,
+        **(host if host is not None else host_columns(None)),
     }
     sample_bytes, probes = sampling_probe(t.payload, t.baseline, codec)
     base["p_sample_bytes"] = sample_bytes
@@ -212,7 +220,24 @@ def records_for_transfer(
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(seed: int, corpus_dir: str | None) -> None:
+def host_columns(profile: HostProfile | None) -> dict[str, Any]:
+    """The telemetry columns of a host profile (null without one)."""
+    if profile is None:
+        return {name: None for name in HOST_COLUMNS}
+    return {
+        **{f"f_{k}": v for k, v in profile.features().items()},
+        "host_profile_id": profile.profile_id,
+        "host_cpu": f"{profile.key.cpu_model}, {profile.key.cores} cores",
+    }
+
+
+HOST_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in COLUMNS if c.name.startswith("f_host_") or c.name.startswith("host_")
+)
+
+
+def _init_worker(seed: int, corpus_dir: str | None, host: Mapping[str, Any] | None = None) -> None:
+    _worker["host"] = dict(host) if host is not None else host_columns(None)
     _worker["pools"] = default_pools(seed)
     _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
     codec = PayloadCodec()
@@ -237,6 +262,7 @@ def _measure_session(
             cost_model=_worker["cost_model"],
             history=history,
             limit=samples - (first_payload + i) * mix.draws_per_payload,  # the last payload may be cut
+            host=_worker["host"],
         )
     return out
 
@@ -251,12 +277,17 @@ def collect(
     mix: ScenarioMix | None = None,
     start: dt.datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    host_profile: HostProfile | None = None,
 ) -> CollectionReport:
     """Collect ``samples`` labelled records into the store at ``store_url``; see the module docstring.
 
     ``start`` is the staging clock's first day (default: 14 days before today, at midnight UTC).
     ``on_progress(records_done, records_total)`` is called as sessions complete.
+    ``host_profile`` is the measuring host's (default: this host's cached profile, measured first if
+    there is none: about 5 s once per host); every record carries it.
     """
+    profile = host_profile if host_profile is not None else load_or_calibrate()
+    host = host_columns(profile)
     mix = mix or ScenarioMix()
     if start is None:
         today = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=int(mix.span_days))
@@ -268,7 +299,13 @@ def collect(
     sessions = plan_sessions(seed, payloads, mix, start, corpus=corpus_dir is not None)
     firsts = np.concatenate([[0], np.cumsum([s.versions for s in sessions])[:-1]]).astype(int).tolist()
     total = payloads * mix.draws_per_payload
-    report = CollectionReport(store=store_url, seed=seed, sessions=len(sessions), mix=mix.to_dict())
+    report = CollectionReport(
+        store=store_url,
+        seed=seed,
+        sessions=len(sessions),
+        mix=mix.to_dict(),
+        host_profile={**profile.to_dict(), "profile_id": profile.profile_id} if profile else None,
+    )
     t0 = time.perf_counter()
     store = open_store(store_url)
     try:
@@ -293,7 +330,7 @@ def collect(
         if on_progress is not None:
             on_progress(report.records, min(total, samples))
         for batch in _run_sessions(
-            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples
+            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples, host
         ):
             if not batch:
                 continue
@@ -316,17 +353,18 @@ def _run_sessions(
     corpus_dir: str | None,
     workers: int,
     samples: int,
+    host: Mapping[str, Any],
 ) -> Iterator[list[dict[str, Any]]]:
     # Largest sessions first, so the pool does not end waiting on one big straggler.
     order = sorted(range(len(sessions)), key=lambda i: -sessions[i].size * sessions[i].versions)
     if workers <= 1:
-        _init_worker(seed, corpus_dir)
+        _init_worker(seed, corpus_dir, host)
         for i in order:
             yield _measure_session(sessions[i], firsts[i], seed, mix, samples)
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir)
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir, dict(host))
     ) as pool:
         futures = [pool.submit(_measure_session, sessions[i], firsts[i], seed, mix, samples) for i in order]
         for fut in cf.as_completed(futures):

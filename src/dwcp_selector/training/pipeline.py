@@ -436,6 +436,7 @@ def train(
             "source": manifest.get("source"),
         },
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "training_hosts": training_hosts(splits["train"]),
     }
     save_artifact(artifact, out)
     summary = {
@@ -480,6 +481,29 @@ def train(
     )
     say("done", 1.0)
     return summary
+
+
+def training_hosts(split: Split) -> list[dict[str, Any]]:
+    """The hosts whose records a split holds: profile id, CPU, record count and speed rates (the
+    ``f_host_*`` columns). Datasets exported before telemetry schema 3 name none."""
+    ids = split.cols.get("host_profile_id")
+    if ids is None:
+        return []
+    rate_cols = [c for c in split.cols if c.startswith("f_host_")]
+    hosts: list[dict[str, Any]] = []
+    for pid in sorted({str(x) for x in ids if x is not None}):
+        rows = np.flatnonzero(np.asarray([x == pid for x in ids]))
+        first = int(rows[0])
+        cpu = split.cols.get("host_cpu")
+        hosts.append(
+            {
+                "host_profile_id": pid,
+                "host_cpu": None if cpu is None else cpu[first],
+                "records": int(rows.size),
+                "rates": {c[len("f_") :]: float(split.cols[c][first]) for c in sorted(rate_cols)},
+            }
+        )
+    return hosts
 
 
 def _evaluate_splits(

@@ -1,0 +1,439 @@
+"""Host speed profiles: how fast *this* node encodes, decodes and decides, measured in a few seconds.
+
+Labels price codec CPU seconds measured on the collecting host, and a model trained on one host learns
+that host's speeds. Nodes of a fleet differ (a 2-core Intel Xeon runs pure Python about 2.4× slower than
+a 2-core AMD EPYC, and each codec moves by its own factor), so every node measures itself once:
+
+* per core and per strategy, the encode and decode rate (payload bytes per CPU second) on fixed,
+  seeded reference payloads that exercise each encoder's real paths (a memory image and its next
+  pre-copy round, and a database file after a batch of updates, for HDE's page tiers; a JSON log whose
+  window moved on by 4 KiB, for its region tier);
+* the rate of a fixed pure-Python workload (the decision path and HDE's planning are Python);
+* optionally the decision path itself (a loaded model's light decision, median of many calls).
+
+Every figure is a median over rounds that interleave the strategies, so drift during the measurement hits
+them alike. The whole calibration stays under ``budget_s`` (10 s by default; about 3 s here).
+
+A profile is keyed by the host (:class:`HostKey`: CPU model, usable cores, Python, this library and the
+codec libraries' versions) and cached on disk (``$DWCP_PROFILE_DIR``, else the user cache directory):
+:func:`load_or_calibrate` measures only when no profile of this key is cached. Telemetry records carry
+the profile's id and rates (the ``host_*`` columns), so one store can hold a fleet's records; a model's
+manifest carries the profiles of the hosts its training records came from.
+
+Leakage rule: a profile is measured before and apart from any transfer it prices, on reference payloads
+that are never a transfer's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BUDGET_S",
+    "HOST_FEATURE_STRATEGIES",
+    "PROFILE_VERSION",
+    "HostKey",
+    "HostProfile",
+    "calibrate_host",
+    "compare_to_training_hosts",
+    "host_key",
+    "load_or_calibrate",
+    "profile_dir",
+]
+
+PROFILE_VERSION = 1
+DEFAULT_BUDGET_S = 10.0
+#: Strategies whose host rates are model inputs (``none`` is a copy: its cost is the stacks', not a codec's).
+HOST_FEATURE_STRATEGIES: tuple[str, ...] = ("lz4", "zstd", "hde")
+#: Size of each reference payload; 1 MiB is one AMST chunk.
+REFERENCE_BYTES = 1 << 20
+_MIN_ROUNDS = 3
+_MAX_ROUNDS = 9
+
+
+@dataclass(frozen=True, slots=True)
+class HostKey:
+    """What makes two hosts' speeds comparable: the same key means the same kind of node and code."""
+
+    cpu_model: str
+    cores: int
+    python: str
+    library: str
+    codecs: str
+
+    @property
+    def key_id(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _codec_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("zstandard", "lz4", "xxhash", "numpy"):
+        try:
+            parts.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover - a declared dependency
+            parts.append(f"{dist}=?")
+    return ",".join(parts)
+
+
+def host_key() -> HostKey:
+    """This process's host key (CPU model from ``/proc/cpuinfo``, cores it may run on)."""
+    return HostKey(
+        cpu_model=_cpu_model(),
+        cores=_usable_cores(),
+        python=platform.python_version(),
+        library=__version__,
+        codecs=_codec_versions(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HostProfile:
+    """One host's measured speeds. Rates are payload bytes per CPU second of one core."""
+
+    key: HostKey
+    measured_at: str
+    encode_bps: Mapping[str, float]
+    decode_bps: Mapping[str, float]
+    python_ops_s: float
+    calibration_s: float
+    rounds: int
+    decision_s: float | None = None
+    spread: Mapping[str, float] = field(default_factory=dict)
+    version: int = PROFILE_VERSION
+
+    def __post_init__(self) -> None:
+        rates = [*self.encode_bps.values(), *self.decode_bps.values(), self.python_ops_s]
+        if not all(isinstance(r, int | float) and math.isfinite(r) and r > 0 for r in rates):
+            raise ConfigError("host profile rates must be finite and positive")
+        missing = set(HOST_FEATURE_STRATEGIES).difference(self.encode_bps)
+        if missing or set(HOST_FEATURE_STRATEGIES).difference(self.decode_bps):
+            raise ConfigError(f"host profile lacks the rates of {sorted(missing) or 'decoding'}")
+
+    @property
+    def profile_id(self) -> str:
+        """Key and measurement together: two calibrations of one host have different ids."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return f"{self.key.key_id}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+    def features(self) -> dict[str, float]:
+        """The telemetry columns and model inputs of this profile (``host_*``)."""
+        out = {f"host_{s}_encode_bps": float(self.encode_bps[s]) for s in HOST_FEATURE_STRATEGIES}
+        out.update({f"host_{s}_decode_bps": float(self.decode_bps[s]) for s in HOST_FEATURE_STRATEGIES})
+        out["host_python_ops_s"] = float(self.python_ops_s)
+        return out
+
+    def time_factors(self, reference: HostProfile) -> dict[str, float]:
+        """Per strategy and direction, how much longer this host takes than ``reference`` (2.0 = twice as
+        long): the factors that re-price a record measured on ``reference`` as if measured here."""
+        out: dict[str, float] = {}
+        for s in HOST_FEATURE_STRATEGIES:
+            out[f"{s}_encode"] = reference.encode_bps[s] / self.encode_bps[s]
+            out[f"{s}_decode"] = reference.decode_bps[s] / self.decode_bps[s]
+        out["python"] = reference.python_ops_s / self.python_ops_s
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encode_bps"] = dict(self.encode_bps)
+        d["decode_bps"] = dict(self.decode_bps)
+        d["spread"] = dict(self.spread)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HostProfile:
+        try:
+            if int(d.get("version", 0)) != PROFILE_VERSION:
+                raise ConfigError(
+                    f"host profile version {d.get('version')!r}; this build reads {PROFILE_VERSION}"
+                )
+            key = HostKey(**d["key"])
+            return cls(
+                key=key,
+                measured_at=str(d["measured_at"]),
+                encode_bps={str(k): float(v) for k, v in d["encode_bps"].items()},
+                decode_bps={str(k): float(v) for k, v in d["decode_bps"].items()},
+                python_ops_s=float(d["python_ops_s"]),
+                calibration_s=float(d["calibration_s"]),
+                rounds=int(d["rounds"]),
+                decision_s=None if d.get("decision_s") is None else float(d["decision_s"]),
+                spread={str(k): float(v) for k, v in dict(d.get("spread") or {}).items()},
+            )
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"not a host profile: {type(exc).__name__}: {exc}") from exc
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> HostProfile:
+        try:
+            doc = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read host profile {path}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"host profile {path} is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"host profile {path} is not a JSON object")
+        return cls.from_dict(doc)
+
+
+# -- reference payloads ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Reference:
+    name: str
+    payload: bytes
+    baseline: bytes | None
+
+
+def _references() -> list[_Reference]:
+    """Fixed, seeded payloads: the same bytes on every host, so rates compare across hosts."""
+    from .workload.payloads import ContentPools, database_update, dirty_round, logs_json, vm_memory
+
+    rng = np.random.default_rng(20261202)
+    pools = ContentPools(seed=7, pool_bytes=2 << 20)
+    image = vm_memory(REFERENCE_BYTES, rng, pools)
+    logs_old = logs_json(REFERENCE_BYTES, rng, pools)
+    logs_new = logs_old[4096:] + logs_json(4096, rng, pools)  # shipped log: the window moved on
+    db_old = pools.db[:REFERENCE_BYTES]
+    db_new = database_update(db_old, rng)
+    return [
+        _Reference("vm-round", dirty_round(image, rng, dirty_fraction=0.05), image),
+        _Reference("log-window", logs_new, logs_old),
+        _Reference("database", db_new, db_old),
+    ]
+
+
+def _python_workload() -> int:
+    """A fixed pure-Python workload (dict, arithmetic, bytes slicing), the kind the decision path does."""
+    acc = 0
+    table: dict[int, int] = {}
+    data = bytes(range(256)) * 16
+    for i in range(20_000):
+        k = (i * 2654435761) & 0xFFFF
+        table[k] = table.get(k, 0) + data[i & 4095]
+        acc ^= k + len(data[i & 255 : (i & 255) + 32])
+    return acc + len(table)
+
+
+_PY_OPS = 20_000
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.thread_time()
+    fn()
+    return time.thread_time() - t0
+
+
+def calibrate_host(
+    *,
+    budget_s: float = DEFAULT_BUDGET_S,
+    strategies: Sequence[str] = HOST_FEATURE_STRATEGIES,
+    decision: Callable[[], object] | None = None,
+    decision_calls: int = 2000,
+) -> HostProfile:
+    """Measure this host: every strategy on the reference payloads, in interleaved rounds, medians.
+
+    ``decision``, when given, is one decision of a loaded model (timed ``decision_calls`` times, median).
+    Rounds continue until half the budget is spent (at least 3, at most 9); the decision timing gets
+    at most a tenth of it.
+    """
+    if not 0 < budget_s <= 600:
+        raise ConfigError(f"calibration budget must be in (0, 600] seconds, got {budget_s}")
+    from .measure import measure_strategy
+    from .strategies import Baseline, PayloadCodec
+
+    t_start = time.perf_counter()
+    codec = PayloadCodec()
+    codec.warm_up()
+    refs = _references()
+    baselines = {
+        r.name: Baseline(f"host-profile-{r.name}", r.baseline) if r.baseline is not None else None
+        for r in refs
+    }
+    total = sum(len(r.payload) for r in refs)
+    enc: dict[str, list[float]] = {s: [] for s in strategies}
+    dec: dict[str, list[float]] = {s: [] for s in strategies}
+    py: list[float] = []
+    rounds = 0
+    while rounds < _MAX_ROUNDS:
+        for s in strategies:
+            e = d = 0.0
+            for r in refs:
+                run = measure_strategy(
+                    codec,
+                    r.payload,
+                    s,
+                    baseline=baselines[r.name] if s == "hde" else None,
+                    repeats=1,
+                )
+                if not run.roundtrip:  # pragma: no cover - the conformance suite holds every codec
+                    raise ConfigError(f"calibration: {s} failed on {r.name}: {run.error}")
+                e += run.encode_s
+                d += run.decode_s
+            enc[s].append(e)
+            dec[s].append(d)
+        py.append(_time(_python_workload))
+        rounds += 1
+        if rounds >= _MIN_ROUNDS and time.perf_counter() - t_start > budget_s / 2:
+            break
+    decision_s: float | None = None
+    if decision is not None:
+        decision()
+        deadline = time.perf_counter() + budget_s / 10
+        times: list[float] = []
+        for _ in range(max(1, decision_calls)):
+            t0 = time.perf_counter()
+            decision()
+            times.append(time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                break
+        decision_s = statistics.median(times)
+
+    def rate(xs: list[float], nbytes: float) -> float:
+        return nbytes / max(statistics.median(xs), 1e-9)
+
+    def rel_spread(xs: list[float]) -> float:
+        m = statistics.median(xs)
+        return (max(xs) - min(xs)) / m if m > 0 else 0.0
+
+    spread = {f"{s}_encode": rel_spread(enc[s]) for s in strategies}
+    spread.update({f"{s}_decode": rel_spread(dec[s]) for s in strategies})
+    spread["python"] = rel_spread(py)
+    return HostProfile(
+        key=host_key(),
+        measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        encode_bps={s: rate(enc[s], total) for s in strategies},
+        decode_bps={s: rate(dec[s], total) for s in strategies},
+        python_ops_s=rate(py, _PY_OPS),
+        calibration_s=time.perf_counter() - t_start,
+        rounds=rounds,
+        decision_s=decision_s,
+        spread=spread,
+    )
+
+
+# -- the cache ----------------------------------------------------------------------------------------------
+def profile_dir() -> Path:
+    """``$DWCP_PROFILE_DIR``, else ``$XDG_CACHE_HOME/dwcp-selector/host-profiles`` (``~/.cache``)."""
+    env = os.environ.get("DWCP_PROFILE_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dwcp-selector" / "host-profiles"
+
+
+def load_or_calibrate(
+    directory: Path | None = None,
+    *,
+    measure: bool = True,
+    force: bool = False,
+    budget_s: float = DEFAULT_BUDGET_S,
+) -> HostProfile | None:
+    """This host's cached profile, measured and cached first when there is none (or ``force``).
+
+    With ``measure=False`` a missing profile gives None. A damaged cache file is measured again (with a
+    warning), and a cache directory that cannot be written keeps the profile in memory only: a node
+    always gets a profile or None, never an exception from its cache.
+    """
+    key = host_key()
+    path = (directory or profile_dir()) / f"{key.key_id}.json"
+    if not force and path.exists():
+        try:
+            profile = HostProfile.load(path)
+            if profile.key == key:
+                return profile
+        except ConfigError as exc:
+            warnings.warn(f"host profile {path} ignored: {exc}", RuntimeWarning, stacklevel=2)
+    if not measure:
+        return None
+    profile = calibrate_host(budget_s=budget_s)
+    try:
+        profile.save(path)
+    except OSError as exc:
+        warnings.warn(f"host profile not cached ({path}): {exc}", RuntimeWarning, stacklevel=2)
+    return profile
+
+
+#: A host whose rates differ from every training host's by more than this factor is outside what the
+#: model has seen (the fleets measured here span about 2.4× in pure Python).
+OUTSIDE_FACTOR = 2.0
+
+
+def compare_to_training_hosts(
+    profile: HostProfile | None, hosts: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """How this host's rates compare with a model's training hosts (manifest ``training_hosts``).
+
+    Per rate, the ratio to the nearest training host's (this host's rate over theirs: 0.5 = half as
+    fast), and warnings for rates outside ``OUTSIDE_FACTOR`` of every training host. A model that names
+    no training hosts, or a node without a profile, gets a report that says so.
+    """
+    if profile is None:
+        return {"profile_id": None, "warnings": ["no host profile: the model's speeds are assumed"]}
+    report: dict[str, Any] = {"profile_id": profile.profile_id, "cpu": profile.key.cpu_model}
+    rated = [h for h in hosts if isinstance(h.get("rates"), Mapping) and h["rates"]]
+    if not rated:
+        report["warnings"] = [
+            "the model names no training hosts (trained before host profiles): its decisions assume the "
+            "speeds of the host that collected its data"
+        ]
+        return report
+    mine = profile.features()
+    ratios: dict[str, float] = {}
+    warn: list[str] = []
+    for name, rate in mine.items():
+        theirs = [float(h["rates"][name]) for h in rated if float(h["rates"].get(name, 0) or 0) > 0]
+        if not theirs:
+            continue
+        nearest = min(theirs, key=lambda r: abs(math.log(rate / r)))
+        ratios[name] = rate / nearest
+        if not 1 / OUTSIDE_FACTOR <= ratios[name] <= OUTSIDE_FACTOR:
+            warn.append(f"{name} is {ratios[name]:.2f}x the nearest training host's")
+    report["ratios"] = ratios
+    report["training_hosts"] = [h.get("host_cpu") for h in rated]
+    report["warnings"] = warn
+    return report

@@ -1,0 +1,115 @@
+"""Host speed profiles: measured on this host, bounded in time, cached by host key, never a crash."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from dwcp_selector.errors import ConfigError
+from dwcp_selector.hostprofile import (
+    HOST_FEATURE_STRATEGIES,
+    HostProfile,
+    calibrate_host,
+    host_key,
+    load_or_calibrate,
+)
+
+
+@pytest.fixture(scope="module")
+def profile() -> HostProfile:
+    return calibrate_host(budget_s=4.0)
+
+
+def test_calibration_measures_every_strategy_within_its_budget(profile: HostProfile) -> None:
+    assert profile.key == host_key()
+    assert profile.rounds >= 3
+    assert profile.calibration_s <= 10.0
+    for s in HOST_FEATURE_STRATEGIES:
+        assert profile.encode_bps[s] > 1e6 and profile.decode_bps[s] > 1e6
+    # what every host of this kind shows: lz4 encodes faster than zstd, and decoding beats encoding
+    assert profile.encode_bps["lz4"] > profile.encode_bps["zstd"]
+    assert profile.decode_bps["zstd"] > profile.encode_bps["zstd"]
+    assert profile.python_ops_s > 1e5
+    assert set(profile.features()) == {
+        *(f"host_{s}_{d}_bps" for s in HOST_FEATURE_STRATEGIES for d in ("encode", "decode")),
+        "host_python_ops_s",
+    }
+
+
+def test_time_factors_compare_two_hosts(profile: HostProfile) -> None:
+    assert all(f == pytest.approx(1.0) for f in profile.time_factors(profile).values())
+    d = profile.to_dict()
+    d["encode_bps"] = {k: v / 2 for k, v in d["encode_bps"].items()}
+    slower = HostProfile.from_dict(d)
+    assert slower.time_factors(profile)["zstd_encode"] == pytest.approx(2.0)
+    assert slower.time_factors(profile)["zstd_decode"] == pytest.approx(1.0)
+    assert slower.profile_id != profile.profile_id
+    assert slower.profile_id.split("-")[0] == profile.key.key_id
+
+
+def test_profiles_round_trip_and_bad_ones_are_refused(profile: HostProfile, tmp_path: Path) -> None:
+    path = profile.save(tmp_path / "p.json")
+    assert HostProfile.load(path) == profile
+    for bad in ("{", "[]", json.dumps({"version": 1}), json.dumps({**profile.to_dict(), "version": 99})):
+        path.write_text(bad)
+        with pytest.raises(ConfigError):
+            HostProfile.load(path)
+    d = profile.to_dict()
+    d["encode_bps"] = {**d["encode_bps"], "zstd": -1.0}
+    with pytest.raises(ConfigError, match="positive"):
+        HostProfile.from_dict(d)
+    with pytest.raises(ConfigError):
+        HostProfile.load(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="budget"):
+        calibrate_host(budget_s=0)
+
+
+def test_the_cache_measures_once_per_host_key(profile: HostProfile, tmp_path: Path) -> None:
+    assert load_or_calibrate(tmp_path, measure=False) is None
+    first = load_or_calibrate(tmp_path, budget_s=2.0)
+    assert first is not None and first.key == host_key()
+    t0 = time.perf_counter()
+    again = load_or_calibrate(tmp_path)
+    assert again == first and time.perf_counter() - t0 < 0.5  # read, not measured
+    cached = tmp_path / f"{host_key().key_id}.json"
+    cached.write_text("not json")
+    with pytest.warns(RuntimeWarning, match="ignored"):
+        remeasured = load_or_calibrate(tmp_path, budget_s=2.0)
+    assert remeasured is not None and HostProfile.load(cached) == remeasured
+
+
+def test_an_unwritable_cache_keeps_the_profile_in_memory(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where the cache directory would go")
+    with pytest.warns(RuntimeWarning, match="not cached"):
+        got = load_or_calibrate(blocked / "profiles", budget_s=2.0)
+    assert got is not None and got.key == host_key()
+
+
+def test_a_host_is_compared_with_the_models_training_hosts(profile: HostProfile) -> None:
+    from dwcp_selector.hostprofile import compare_to_training_hosts
+
+    same = [{"host_cpu": "x", "rates": profile.features()}]
+    report = compare_to_training_hosts(profile, same)
+    assert report["warnings"] == [] and all(r == pytest.approx(1.0) for r in report["ratios"].values())
+    slow = [{"host_cpu": "fast", "rates": {k: 3 * v for k, v in profile.features().items()}}, *same]
+    assert compare_to_training_hosts(profile, slow)["warnings"] == []  # the nearest host is the same
+    far = compare_to_training_hosts(profile, slow[:1])
+    assert len(far["warnings"]) == len(profile.features()) and "0.33x" in far["warnings"][0]
+    assert "no training hosts" in compare_to_training_hosts(profile, [])["warnings"][0]
+    assert "no host profile" in compare_to_training_hosts(None, same)["warnings"][0]
+
+
+def test_the_selector_reports_its_host(profile: HostProfile) -> None:
+    from dwcp_selector.serving import Selector
+
+    root = Path(__file__).resolve().parent.parent
+    sel = Selector(root / "models" / "selector", host_profile=profile)
+    assert sel.host_profile is profile
+    # the shipped model predates host profiles: the report says so rather than guessing
+    assert sel.host_report["profile_id"] == profile.profile_id
+    assert "no training hosts" in sel.host_report["warnings"][0]
+    assert Selector(root / "models" / "selector", host_profile=None).host_report["profile_id"] is None
