@@ -47,13 +47,16 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_BUDGET_S",
+    "HOST_FEATURE_NAMES",
     "HOST_FEATURE_STRATEGIES",
     "PROFILE_VERSION",
+    "REFERENCE_RATES",
     "HostKey",
     "HostProfile",
     "calibrate_host",
     "compare_to_training_hosts",
     "host_key",
+    "host_vector",
     "load_or_calibrate",
     "profile_dir",
 ]
@@ -62,6 +65,23 @@ PROFILE_VERSION = 1
 DEFAULT_BUDGET_S = 10.0
 #: Strategies whose host rates are model inputs (``none`` is a copy: its cost is the stacks', not a codec's).
 HOST_FEATURE_STRATEGIES: tuple[str, ...] = ("lz4", "zstd", "hde")
+#: The profile's rates, in the order a model takes them (``host_vector``).
+HOST_FEATURE_NAMES: tuple[str, ...] = (
+    *(f"host_{s}_{d}_bps" for s in HOST_FEATURE_STRATEGIES for d in ("encode", "decode")),
+    "host_python_ops_s",
+)
+#: A fixed point the model's host inputs are measured from: log2(rate / reference). The rates of a 2-core
+#: AMD EPYC, 2026-12-02 (``dwcp-selector calibrate``), rounded; any fixed values would do, these keep the
+#: inputs near 0. A node without a profile is taken to be this host (with a warning).
+REFERENCE_RATES: dict[str, float] = {
+    "host_lz4_encode_bps": 500e6,
+    "host_lz4_decode_bps": 1550e6,
+    "host_zstd_encode_bps": 200e6,
+    "host_zstd_decode_bps": 660e6,
+    "host_hde_encode_bps": 250e6,
+    "host_hde_decode_bps": 1480e6,
+    "host_python_ops_s": 2.1e6,
+}
 #: Size of each reference payload; 1 MiB is one AMST chunk.
 REFERENCE_BYTES = 1 << 20
 _MIN_ROUNDS = 3
@@ -105,7 +125,7 @@ def _codec_versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     parts = []
-    for dist in ("zstandard", "lz4", "xxhash", "numpy"):
+    for dist in ("backports.zstd", "lz4", "xxhash", "numpy"):
         try:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:  # pragma: no cover - a declared dependency
@@ -219,6 +239,16 @@ class HostProfile:
         if not isinstance(doc, dict):
             raise ConfigError(f"host profile {path} is not a JSON object")
         return cls.from_dict(doc)
+
+
+def host_vector(rates: Mapping[str, float] | None) -> list[float]:
+    """A model's host inputs: log2 of each rate over ``REFERENCE_RATES`` (0 for a missing or bad rate)."""
+    out: list[float] = []
+    for name in HOST_FEATURE_NAMES:
+        r = rates.get(name) if rates is not None else None
+        ok = r is not None and math.isfinite(r) and r > 0
+        out.append(math.log2(r / REFERENCE_RATES[name]) if ok else 0.0)  # type: ignore[operator]
+    return out
 
 
 # -- reference payloads ------------------------------------------------------------------------------------

@@ -61,7 +61,14 @@ def _date(value: str | None) -> dt.datetime | None:
 @click.option(
     "--corpus",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Real files to draw payloads from.",
+    help="Real files to draw payloads from (instead of this machine's own).",
+)
+@click.option(
+    "--system-corpus/--no-system-corpus",
+    default=True,
+    show_default=True,
+    help="Draw a share of the sessions from this machine's real files (binaries, docs, package "
+    "databases, archives, the Python sources, a SQLite database of package records).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
@@ -81,6 +88,7 @@ def collect_cmd(
     samples: int,
     seed: int,
     corpus: Path | None,
+    system_corpus: bool,
     workers: int,
     draws: int,
     max_size: int,
@@ -106,6 +114,7 @@ def collect_cmd(
             samples,
             seed,
             corpus=corpus,
+            system_corpus=system_corpus,
             workers=workers,
             mix=mix,
             start=_date(start),

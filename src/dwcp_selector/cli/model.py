@@ -72,15 +72,28 @@ def train_with_progress(data_dir: Path, out_dir: Path, config: TrainConfig, *, s
 )
 @click.option("--candidates", help="Comma-separated subset of cmil-mlp, clf-mlp-ce, clf-mlp-cost, clf-lgbm.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--host-draws/--no-host-draws",
+    default=True,
+    show_default=True,
+    help="Re-price records on drawn hosts and give the models this node's speed profile as input.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def train_cmd(
-    data_dir: Path, out_dir: Path, trials: int, folds: int, candidates: str | None, seed: int, as_json: bool
+    data_dir: Path,
+    out_dir: Path,
+    trials: int,
+    folds: int,
+    candidates: str | None,
+    seed: int,
+    host_draws: bool,
+    as_json: bool,
 ) -> None:
     """Train every candidate on an exported dataset, keep the best by validation regret, export ONNX."""
     from ..training.pipeline import CANDIDATES, TrainConfig
 
     chosen = tuple(c.strip() for c in candidates.split(",")) if candidates else CANDIDATES
-    config = TrainConfig(trials=trials, folds=folds, candidates=chosen, seed=seed)
+    config = TrainConfig(trials=trials, folds=folds, candidates=chosen, seed=seed, host_draws=host_draws)
     summary = train_with_progress(data_dir, out_dir, config, show=not as_json and sys.stderr.isatty())
 
     def human() -> None:
@@ -161,7 +174,7 @@ def calibrate_cmd(
 
         artifact = load_artifact(model_dir)
         times = measure_decision_times(
-            Decider(TieredModel(artifact), CostModel(artifact.cost_params)), calls=calls
+            Decider(TieredModel(artifact), CostModel(artifact.cost_params), profile), calls=calls
         )
         doc["decision_times"] = {"model": artifact.times.to_dict(), "this_host": times.to_dict()}
     elif model_dir is not None and data_dir is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from .._types import BytesLike
 from ..costmodel import CostModel, Oracle
 from ..features import BasicFeatures, RichFeatures, basic_features, rich_features
+from ..hostprofile import HOST_FEATURE_NAMES, HostProfile, host_vector
 from ..link import LinkState, SystemState
 from .artifact import CMIL
 from .featurize import FeatureSpec, LightRow, link_vector, payload_vector
@@ -105,8 +106,10 @@ def decision_vector(
     system: SystemState,
     cost_model: CostModel,
     history: Mapping[str, float | None],
+    host: Sequence[float] = (),
 ) -> list[float]:
-    """The model input of one decision: the payload part, and the link part when the spec has one."""
+    """The model input of one decision: the payload part, the link part when the spec has one, and the
+    node's host inputs (``hostprofile.host_vector``) when it has those."""
     vec = payload_vector(
         spec.tier,
         size,
@@ -138,6 +141,8 @@ def decision_vector(
             cost_model,
             spec.link_types,
         )
+    if spec.with_host:
+        vec += list(host) if len(host) == len(HOST_FEATURE_NAMES) else [0.0] * len(HOST_FEATURE_NAMES)
     return vec
 
 
@@ -162,8 +167,16 @@ def _classifier_choice(out: Sequence[float], has_baseline: bool) -> tuple[str, d
 class Decider:
     """Decides with a trained model under the artifact's policy (no cache; see ``serving``)."""
 
-    def __init__(self, model: TieredModel, cost_model: CostModel | None = None) -> None:
+    def __init__(
+        self,
+        model: TieredModel,
+        cost_model: CostModel | None = None,
+        host_profile: HostProfile | None = None,
+    ) -> None:
+        """``host_profile`` is this node's (a model with host inputs takes the reference host's rates
+        without one: ``hostprofile.REFERENCE_RATES``)."""
         self.model = model
+        self.host = host_vector(host_profile.features() if host_profile is not None else None)
         self.artifact = model.artifact
         self.cost_model = cost_model or CostModel(self.artifact.cost_params)
         self.oracle = Oracle(self.cost_model)
@@ -179,7 +192,7 @@ class Decider:
             and light.spec.tier == LIGHT
             and light.spec.with_link
         ):
-            self.light_row = LightRow(light.spec, self.cost_model)
+            self.light_row = LightRow(light.spec, self.cost_model, self.host)
 
     def transmit_s(self, size: int, link: LinkState) -> float:
         """Seconds to push ``size`` unencoded bytes through the link's AMST streams, without the RTT.
@@ -234,7 +247,7 @@ class Decider:
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
         tm = self.model[chosen_tier]
         vec = decision_vector(
-            tm.spec, size, payload_type, basic, rich, link, system, self.cost_model, history or {}
+            tm.spec, size, payload_type, basic, rich, link, system, self.cost_model, history or {}, self.host
         )
         out = tm.predict_one(vec)
         costs: dict[str, float] = {}

@@ -33,6 +33,7 @@ from .._sample import light_row
 from .._types import BytesLike
 from ..costmodel import CostModel
 from ..features import BasicFeatures  # also hands ``_sample`` its c*log2(c) table before any row is built
+from ..hostprofile import HOST_FEATURE_NAMES, REFERENCE_RATES
 from ..link import LINK_CLASSES, LinkState, SystemState
 
 __all__ = [
@@ -60,6 +61,11 @@ PAYLOAD_TYPES: tuple[str, ...] = (
     "media",
     "encrypted",
     "corpus",
+    # the real sources of the system corpus (``workload.system_corpus``)
+    "executable",
+    "package_db",
+    "archive",
+    "source",
     "other",
 )
 LINK_TYPES: tuple[str, ...] = tuple(LINK_CLASSES)
@@ -216,11 +222,15 @@ class FeatureSpec:
     payload_types: list[str] = field(default_factory=lambda: list(PAYLOAD_TYPES))
     link_types: list[str] = field(default_factory=lambda: list(LINK_TYPES))
     with_link: bool = True
+    #: the node's speed profile as input (``hostprofile.host_vector``; models before it have none)
+    with_host: bool = False
 
     @property
     def names(self) -> list[str]:
         names = payload_names(self.tier, self.payload_types)
-        return names + link_names(self.link_types) if self.with_link else names
+        if self.with_link:
+            names = names + link_names(self.link_types)
+        return names + [f"host:{n}" for n in HOST_FEATURE_NAMES] if self.with_host else names
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -228,12 +238,19 @@ class FeatureSpec:
             "payload_types": self.payload_types,
             "link_types": self.link_types,
             "with_link": self.with_link,
+            "with_host": self.with_host,
             "names": self.names,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
-        spec = cls(str(d["tier"]), list(d["payload_types"]), list(d["link_types"]), bool(d["with_link"]))
+        spec = cls(
+            str(d["tier"]),
+            list(d["payload_types"]),
+            list(d["link_types"]),
+            bool(d["with_link"]),
+            bool(d.get("with_host", False)),
+        )
         if spec.names != list(d["names"]):
             from ..errors import ConfigError
 
@@ -285,8 +302,25 @@ class FeatureSpec:
         parts += [(ptype == t).astype(np.float64) for t in self.payload_types]
         if self.with_link:
             parts += self._link_columns(cols, size, cost_model or CostModel())
+        if self.with_host:
+            parts += self._host_columns(cols, n)
         out = np.column_stack(parts) if n else np.zeros((0, len(self.names)))
         return np.asarray(out, dtype=np.float32)
+
+    @staticmethod
+    def _host_columns(cols: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """``host_vector`` of every record's ``f_host_*`` columns (0 where a record has none)."""
+        out = []
+        for name in HOST_FEATURE_NAMES:
+            v = cols.get(f"f_{name}")
+            if v is None:
+                out.append(np.zeros(n))
+                continue
+            v = v.astype(np.float64)
+            ok = np.isfinite(v) & (v > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(np.where(ok, np.log2(np.where(ok, v, 1.0) / REFERENCE_RATES[name]), 0.0))
+        return out
 
     def _link_columns(
         self, cols: Mapping[str, np.ndarray], size: np.ndarray, cm: CostModel
@@ -327,10 +361,16 @@ class LightRow:
     microsecond for the three, where the Python path takes several.
     """
 
-    def __init__(self, spec: FeatureSpec, cost_model: CostModel) -> None:
+    def __init__(self, spec: FeatureSpec, cost_model: CostModel, host: Sequence[float] | None = None) -> None:
         if spec.tier != LIGHT or not spec.with_link:
             raise ValueError("LightRow builds the light tier's row with its link part")
         self.width = len(spec.names)
+        # the host inputs are the node's, the same in every decision: written once into each row buffer,
+        # after the part the compiled call fills
+        self._host = [float(x) for x in host] if spec.with_host and host is not None else []
+        if spec.with_host and len(self._host) != len(HOST_FEATURE_NAMES):
+            self._host = [0.0] * len(HOST_FEATURE_NAMES)
+        self._c_width = self.width - len(self._host)
         self._types = {t: i for i, t in enumerate(spec.payload_types)}
         self._other = self._types.get("other", -1)
         self._n_types = len(spec.payload_types)
@@ -360,10 +400,12 @@ class LightRow:
         row: array[float] | None = getattr(local, "row", None)
         if row is None:
             row = local.row = array("d", bytes(8 * self.width))
+            row[self._c_width :] = array("d", self._host)
+            local.view = memoryview(row)[: self._c_width] if self._host else row
         window, mss, streams, chunk = self._params
         lt = link.link_type
         entropy, zero, text, similarity, base_len = light_row(
-            row,
+            local.view,
             payload,
             baseline,
             self._types.get(payload_type, self._other),

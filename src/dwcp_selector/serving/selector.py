@@ -64,7 +64,7 @@ class Selector:
         for message in self.host_report["warnings"]:
             _log.warning("model %s on this host: %s", model_dir, message)
         self.cost_model = CostModel(self.artifact.cost_params)
-        self.decider = Decider(TieredModel(self.artifact), self.cost_model)
+        self.decider = Decider(TieredModel(self.artifact), self.cost_model, self.host_profile)
         self.cache_size = cache_size
         self.ttl_s = ttl_s
         self._cache: OrderedDict[CacheKey, tuple[float, int, Decision]] = OrderedDict()

@@ -38,6 +38,7 @@ from ..workload.corpus import Corpus
 from ..workload.links import draw_link, draw_system
 from ..workload.payloads import default_pools
 from ..workload.staging import PlannedSession, ScenarioMix, Transfer, plan_sessions, session_transfers
+from ..workload.system_corpus import SystemCorpus
 from .schema import COLUMNS, SCHEMA_VERSION, STRATEGIES, QualityFlag
 from .store import open_store
 
@@ -236,8 +237,11 @@ HOST_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def _init_worker(seed: int, corpus_dir: str | None, host: Mapping[str, Any] | None = None) -> None:
+def _init_worker(
+    seed: int, corpus_dir: str | None, host: Mapping[str, Any] | None = None, system: bool = False
+) -> None:
     _worker["host"] = dict(host) if host is not None else host_columns(None)
+    _worker["system"] = SystemCorpus() if system and corpus_dir is None else None
     _worker["pools"] = default_pools(seed)
     _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
     codec = PayloadCodec()
@@ -251,7 +255,9 @@ def _measure_session(
 ) -> list[dict[str, Any]]:
     history: dict[str, float | None] = {}
     out: list[dict[str, Any]] = []
-    for i, t in enumerate(session_transfers(session, seed, _worker["pools"], _worker["corpus"])):
+    for i, t in enumerate(
+        session_transfers(session, seed, _worker["pools"], _worker["corpus"], _worker.get("system"))
+    ):
         out += records_for_transfer(
             t,
             seed=seed,
@@ -278,13 +284,16 @@ def collect(
     start: dt.datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     host_profile: HostProfile | None = None,
+    system_corpus: bool = True,
 ) -> CollectionReport:
     """Collect ``samples`` labelled records into the store at ``store_url``; see the module docstring.
 
     ``start`` is the staging clock's first day (default: 14 days before today, at midnight UTC).
     ``on_progress(records_done, records_total)`` is called as sessions complete.
     ``host_profile`` is the measuring host's (default: this host's cached profile, measured first if
-    there is none: about 5 s once per host); every record carries it.
+    there is none: about 5 s once per host); every record carries it. ``system_corpus`` draws
+    ``mix.system_share`` of the sessions from this machine's real files when no ``corpus`` is given
+    (``workload.system_corpus``).
     """
     profile = host_profile if host_profile is not None else load_or_calibrate()
     host = host_columns(profile)
@@ -296,7 +305,10 @@ def collect(
     if corpus_dir is not None:
         Corpus(corpus_dir)  # refuse an empty or missing corpus before starting workers
     payloads = -(-samples // mix.draws_per_payload)
-    sessions = plan_sessions(seed, payloads, mix, start, corpus=corpus_dir is not None)
+    system = system_corpus and corpus_dir is None
+    if system:
+        SystemCorpus()  # refuse a machine without any of its sources before starting workers
+    sessions = plan_sessions(seed, payloads, mix, start, corpus=corpus_dir is not None, system=system)
     firsts = np.concatenate([[0], np.cumsum([s.versions for s in sessions])[:-1]]).astype(int).tolist()
     total = payloads * mix.draws_per_payload
     report = CollectionReport(
@@ -330,7 +342,7 @@ def collect(
         if on_progress is not None:
             on_progress(report.records, min(total, samples))
         for batch in _run_sessions(
-            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples, host
+            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples, host, system
         ):
             if not batch:
                 continue
@@ -354,17 +366,18 @@ def _run_sessions(
     workers: int,
     samples: int,
     host: Mapping[str, Any],
+    system: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
     # Largest sessions first, so the pool does not end waiting on one big straggler.
     order = sorted(range(len(sessions)), key=lambda i: -sessions[i].size * sessions[i].versions)
     if workers <= 1:
-        _init_worker(seed, corpus_dir, host)
+        _init_worker(seed, corpus_dir, host, system)
         for i in order:
             yield _measure_session(sessions[i], firsts[i], seed, mix, samples)
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir, dict(host))
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir, dict(host), system)
     ) as pool:
         futures = [pool.submit(_measure_session, sessions[i], firsts[i], seed, mix, samples) for i in order]
         for fut in cf.as_completed(futures):

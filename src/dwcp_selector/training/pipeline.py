@@ -40,6 +40,7 @@ from ..modeling.timing import measure_decision_times
 from .data import Split, load_dataset
 from .evaluation import evaluate_choices
 from .gbm import GbmConfig, fit_gbm, shap_importance
+from .hosts import DEFAULT_RATE_SD, DEFAULT_SPREAD, reprice_for_hosts
 from .mlp import MlpConfig, fit_mlp
 from .policy_eval import (
     evaluate_artifact,
@@ -66,6 +67,9 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = True
     timing_calls: int = 200
+    #: re-price train and validation records on drawn hosts and give the models the host inputs
+    #: (``training.hosts``); off: the collecting host's speeds only, as models before host profiles
+    host_draws: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.candidates) - set(CANDIDATES)
@@ -125,9 +129,9 @@ def seen_types(train: Split) -> list[str]:
 
 
 def _classifier_data(
-    split: Split, tier: str, types: list[str], *, hide: int | None = None
+    split: Split, tier: str, types: list[str], *, hide: int | None = None, with_host: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureSpec]:
-    spec = FeatureSpec(tier, payload_types=types, with_link=True)
+    spec = FeatureSpec(tier, payload_types=types, with_link=True, with_host=with_host)
     x = spec.matrix(split.cols)
     if hide is not None:
         x = _hide_types(x, spec, split.cols["payload_group_id"], hide)
@@ -135,9 +139,9 @@ def _classifier_data(
 
 
 def _cmil_data(
-    split: Split, tier: str, types: list[str], *, hide: int | None = None
+    split: Split, tier: str, types: list[str], *, hide: int | None = None, with_host: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureSpec]:
-    spec = FeatureSpec(tier, payload_types=types, with_link=False)
+    spec = FeatureSpec(tier, payload_types=types, with_link=False, with_host=with_host)
     rows = split.payload_rows()
     y, mask = split.cmil_targets(rows)
     sub = split.take(rows)
@@ -238,8 +242,8 @@ def _fit_candidate(
     mcfg = MlpConfig(**hyper) if hyper is not None and family == "mlp" else None
     for tier in TIERS:
         data = _cmil_data if kind == CMIL else _classifier_data
-        xt, yt, mt, spec = data(train, tier, types, hide=config.seed)
-        xv, yv, mv, _ = data(val, tier, types)
+        xt, yt, mt, spec = data(train, tier, types, hide=config.seed, with_host=config.host_draws)
+        xv, yv, mv, _ = data(val, tier, types, with_host=config.host_draws)
         outputs = list(CMIL_OUTPUTS if kind == CMIL else STRATEGIES)
         if family == "lgbm":
             if gcfg is None:
@@ -322,6 +326,7 @@ def _cross_validate(
             max_epochs=config.max_epochs,
             seed=config.seed,
             tensorboard=False,
+            host_draws=config.host_draws,
         )
         fold = _fit_candidate(cand.name, a, b, single, None, lambda _m, _f: None, hyper=cand.hyper)
         fold_art = ModelArtifact(
@@ -400,8 +405,11 @@ def train(
     splits, fingerprint, manifest = load_dataset(data_dir)
     if "train" not in splits or "val" not in splits:
         raise ConfigError(f"{data_dir} has no train/val split (exported with --all-test?)")
-    train_split, val = splits["train"], splits["val"]
     cm = CostModel()
+    native_train = splits["train"]
+    if config.host_draws:
+        splits = with_host_draws(splits, cm, config.seed)
+    train_split, val = splits["train"], splits["val"]
     log_dir = out / "tensorboard" if config.tensorboard else None
     rule = fit_fast_rule(train_split, cm)
     candidates: list[Candidate] = []
@@ -436,7 +444,12 @@ def train(
             "source": manifest.get("source"),
         },
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "training_hosts": training_hosts(splits["train"]),
+        "training_hosts": training_hosts(native_train),
+        "host_draws": (
+            {"seed": config.seed, "spread_log2": DEFAULT_SPREAD, "rate_sd_log2": DEFAULT_RATE_SD}
+            if config.host_draws
+            else None
+        ),
     }
     save_artifact(artifact, out)
     summary = {
@@ -481,6 +494,18 @@ def train(
     )
     say("done", 1.0)
     return summary
+
+
+def with_host_draws(splits: dict[str, Split], cm: CostModel, seed: int) -> dict[str, Split]:
+    """Train and validation re-priced on drawn hosts (``training.hosts``), and the test split beside
+    itself as ``test_fleet``: the same records priced on a fleet of hosts the model never saw."""
+    out = dict(splits)
+    for k, name in enumerate(("train", "val")):
+        out[name] = reprice_for_hosts(splits[name], cm, seed + k)
+    if "test" in splits:
+        out["test_fleet"] = reprice_for_hosts(splits["test"], cm, seed + 2)
+        out["test_fleet"].name = "test_fleet"
+    return out
 
 
 def training_hosts(split: Split) -> list[dict[str, Any]]:
@@ -570,6 +595,9 @@ def calibrate(
             f"model's {artifact.data_fingerprint})"
         )
     cm = CostModel(artifact.cost_params)
+    draws = artifact.extra.get("host_draws")
+    if draws:
+        splits = with_host_draws(splits, cm, int(draws["seed"]))
     model = TieredModel(artifact)
     before = {"times": artifact.times.to_dict(), "policy": artifact.policy.to_dict()}
     artifact.fast_rule = fit_fast_rule(splits["train"], cm)  # deterministic: the same rule, or a first one

@@ -39,6 +39,7 @@ from .payloads import (
     vm_memory,
     wal_segment,
 )
+from .system_corpus import SOURCE_TYPES, SystemCorpus
 
 __all__ = [
     "DEFAULT_LINK_MIX",
@@ -67,7 +68,7 @@ DEFAULT_SESSION_MIX: Mapping[str, float] = MappingProxyType(
 DEFAULT_LINK_MIX: Mapping[str, float] = MappingProxyType(
     {"dc": 0.30, "metro": 0.25, "wan": 0.25, "edge": 0.20}
 )
-SESSION_KINDS = (*DEFAULT_SESSION_MIX, "corpus")
+SESSION_KINDS = (*DEFAULT_SESSION_MIX, "corpus", "system")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class ScenarioMix:
     mean_versions: float = 4.0
     span_days: float = 14.0
     corpus_share: float = 0.35
+    #: share of sessions drawn from this machine's real files (``system_corpus``) when no corpus is given
+    system_share: float = 0.35
 
     def __post_init__(self) -> None:
         unknown = set(self.sessions) - set(SESSION_KINDS)
@@ -93,6 +96,8 @@ class ScenarioMix:
             raise ConfigError("payload sizes need 0 < min_bytes <= max_bytes")
         if self.mean_versions < 1:
             raise ConfigError("sessions have at least one version on average")
+        if not (0 <= self.corpus_share < 1 and 0 <= self.system_share < 1):
+            raise ConfigError("corpus and system shares must be in [0, 1)")
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -145,16 +150,27 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def plan_sessions(
-    seed: int, payloads: int, mix: ScenarioMix, start: dt.datetime, *, corpus: bool = False
+    seed: int,
+    payloads: int,
+    mix: ScenarioMix,
+    start: dt.datetime,
+    *,
+    corpus: bool = False,
+    system: bool = False,
 ) -> list[PlannedSession]:
-    """Sessions until their versions add up to ``payloads``; the same list for the same arguments."""
+    """Sessions until their versions add up to ``payloads``; the same list for the same arguments.
+
+    An operator's corpus (``corpus``) takes ``corpus_share`` of the sessions; without one, this machine's
+    real files (``system``) take ``system_share``; the generated kinds share the rest.
+    """
     if payloads < 1:
         raise ConfigError("a collection needs at least one payload")
     rng = np.random.default_rng([seed, 0x5E55])
-    kinds = {k: v for k, v in mix.sessions.items() if k != "corpus" and v > 0}
-    if corpus:  # the corpus takes its share, the synthetic kinds share the rest
-        kinds = {k: v * (1 - mix.corpus_share) / sum(kinds.values()) for k, v in kinds.items()}
-        kinds["corpus"] = mix.corpus_share
+    kinds = {k: v for k, v in mix.sessions.items() if k not in ("corpus", "system") and v > 0}
+    real, share = ("corpus", mix.corpus_share) if corpus else ("system", mix.system_share)
+    if (corpus or system) and share > 0:  # the real data takes its share, the synthetic kinds the rest
+        kinds = {k: v * (1 - share) / sum(kinds.values()) for k, v in kinds.items()}
+        kinds[real] = share
     names = list(kinds)
     p = np.array([kinds[k] for k in names])
     p /= p.sum()
@@ -172,7 +188,11 @@ def plan_sessions(
 
 
 def session_transfers(
-    session: PlannedSession, seed: int, pools: ContentPools, corpus: Corpus | None = None
+    session: PlannedSession,
+    seed: int,
+    pools: ContentPools,
+    corpus: Corpus | None = None,
+    system: SystemCorpus | None = None,
 ) -> Iterator[Transfer]:
     """The versions of a planned session, each with the previous one as baseline where that applies."""
     rng = np.random.default_rng([seed, 0xB17E5, session.index])
@@ -180,6 +200,8 @@ def session_transfers(
     ts = session.start
     prev: bytes | None = None
     source: str | None = None
+    real_versions: Iterator[tuple[str, bytes, bool]] | None = None
+    system_type = "other"
     for version in range(session.versions):
         baseline: bytes | None = None
         kind = session.kind
@@ -269,6 +291,25 @@ def session_transfers(
                 data = edit_version(
                     prev, rng, pools, edits=max(1, int(_log_uniform(rng, 1, 4 + len(prev) / 4096)))
                 )
+        elif kind == "system":
+            if system is None:
+                raise ConfigError("a system-corpus session needs the system corpus")
+            if real_versions is None:
+                src = system.sources[int(rng.integers(0, len(system.sources)))]
+                system_type = SOURCE_TYPES[src]
+                real_versions = system.versions(src, rng, size)
+            ptype = system_type
+            origin, data, real = next(real_versions)
+            if version == 0:
+                source = origin
+            if prev is not None:
+                baseline = prev
+                if not (real and data):  # no real successor (left): the edit model makes the next one
+                    data = edit_version(
+                        prev, rng, pools, edits=max(1, int(_log_uniform(rng, 1, 4 + len(prev) / 4096)))
+                    )
+            elif not data:
+                data = random_bytes(max(1, min(size, 4096)), rng)  # an unreadable file: a token payload
         else:  # pragma: no cover - ScenarioMix validates kinds
             raise ConfigError(f"unknown session kind {kind}")
         yield Transfer(session, version, ptype, data, baseline, ts, source)
