@@ -147,7 +147,7 @@ def one_run(model_dir: Path, calls: int) -> dict[str, tuple[float, float]]:
     big = payloads[-1][0]
     edge = next(n for n in (1 << e for e in range(10, 24)) if selector.decider.tier(n, LINK) != FAST)
     selector.select(big[:edge], LINK, SYSTEM, resource_id="vm-1")
-    below = big[: edge * 3 // 4]
+    below = big[: edge // 2]  # the power of two before the edge: on the fast path, within the cache's 4×
     assert selector.select(below, LINK, SYSTEM, resource_id="vm-1").cached
     out["fast path (cached decision)"] = percentiles(
         lambda i: selector.select(below, LINK, SYSTEM, resource_id="vm-1"), calls

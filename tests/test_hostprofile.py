@@ -14,6 +14,7 @@ from dwcp_selector.hostprofile import (
     HostProfile,
     calibrate_host,
     host_key,
+    host_vector,
     load_or_calibrate,
 )
 
@@ -109,7 +110,23 @@ def test_the_selector_reports_its_host(profile: HostProfile) -> None:
     root = Path(__file__).resolve().parent.parent
     sel = Selector(root / "models" / "selector", host_profile=profile)
     assert sel.host_profile is profile
-    # the shipped model predates host profiles: the report says so rather than guessing
-    assert sel.host_report["profile_id"] == profile.profile_id
-    assert "no training hosts" in sel.host_report["warnings"][0]
+    # the shipped model names the hosts its records came from; this one is compared with them
+    report = sel.host_report
+    assert report["profile_id"] == profile.profile_id and report["training_hosts"]
+    assert set(report["ratios"]) == set(profile.features())
+    assert all(r > 0 for r in report["ratios"].values())
+    assert isinstance(report["warnings"], list)
+    assert sel.decider.host == host_vector(profile.features())
     assert Selector(root / "models" / "selector", host_profile=None).host_report["profile_id"] is None
+
+
+def test_decision_times_follow_the_nodes_python_speed(profile: HostProfile) -> None:
+    from dwcp_selector.modeling.decide import host_times
+    from dwcp_selector.modeling.policy import DecisionTimes
+
+    t = DecisionTimes(1e-6, 10e-6, 500e-6)
+    timed_on = {"rates": {"host_python_ops_s": 2 * profile.python_ops_s}}
+    slower = host_times(t, timed_on, profile)  # this node runs Python at half the timing host's rate
+    assert slower.light_s == pytest.approx(20e-6) and slower.rich_s == pytest.approx(1e-3)
+    assert host_times(t, None, profile) == t and host_times(t, timed_on, None) == t
+    assert host_times(t, {"rates": {}}, profile) == t

@@ -258,3 +258,66 @@ def test_cost_loss_counts_every_near_optimal_strategy_as_right() -> None:
     )
     former = _loss_fn("cost", near_weight=0.0, ce_weight=0.1)
     assert float(former(sure_of["lz4"], label, mask, regret)) > 1  # the former loss: a tie is a wrong label
+
+
+def test_records_are_repriced_on_drawn_hosts(dataset: Path) -> None:
+    from dwcp_selector.costmodel import Oracle
+    from dwcp_selector.training.hosts import reprice_for_hosts
+
+    splits, _, _ = load_dataset(dataset)
+    val = splits["val"]
+    cm = CostModel()
+    a = reprice_for_hosts(val, cm, 5)
+    assert a.n == val.n and np.array_equal(a.cols["request_id"], val.cols["request_id"])
+    b = reprice_for_hosts(val, cm, 5)
+    assert np.array_equal(a.costs(), b.costs())  # deterministic in the seed
+    assert not np.array_equal(a.costs(), reprice_for_hosts(val, cm, 6).costs())
+    # the same bytes, other seconds; each rate moved inversely to its time
+    assert np.array_equal(a.cols["o_zstd_bytes"], val.cols["o_zstd_bytes"], equal_nan=True)
+    t_ratio = a.cols["o_zstd_encode_s"] / val.cols["o_zstd_encode_s"]
+    r_ratio = val.cols["f_host_zstd_encode_bps"] / a.cols["f_host_zstd_encode_bps"]
+    ok = np.isfinite(t_ratio)
+    assert ok.any() and np.allclose(t_ratio[ok], r_ratio[ok])
+    assert 2.0**-2 < np.nanmin(t_ratio) and np.nanmax(t_ratio) < 2.0**2
+    # labels are the oracle's on the new costs, and an offered strategy stays offered
+    assert np.array_equal(a.labels(), Oracle(cm).label_array(a.costs()))
+    assert np.array_equal(a.offered(), val.offered())
+    # with no spread nothing moves but the recomputation itself
+    same = reprice_for_hosts(val, cm, 5, spread=0.0, rate_sd=0.0)
+    assert np.allclose(same.costs()[val.offered()], val.costs()[val.offered()], rtol=1e-9)
+
+
+def test_a_host_aware_model_decides_with_the_nodes_profile(trained: tuple[Path, dict[str, Any]]) -> None:
+    from dwcp_selector.hostprofile import REFERENCE_RATES, HostProfile, host_key
+    from dwcp_selector.link import SystemState
+    from dwcp_selector.modeling.decide import Decider, decision_vector
+    from dwcp_selector.modeling.policy import LIGHT
+
+    out, _ = trained
+    artifact = load_artifact(out)
+    assert artifact.extra["host_draws"]["spread_log2"] > 0
+    assert artifact.extra["training_hosts"] and artifact.extra["training_hosts"][0]["records"] > 0
+    spec = artifact.tiers[LIGHT].spec
+    assert spec.with_host and spec.names[-1] == "host:host_python_ops_s"
+
+    def profile(scale: float) -> HostProfile:
+        r = {k: v * scale for k, v in REFERENCE_RATES.items()}
+        enc = {s: r[f"host_{s}_encode_bps"] for s in ("lz4", "zstd", "hde")}
+        dec = {s: r[f"host_{s}_decode_bps"] for s in ("lz4", "zstd", "hde")}
+        return HostProfile(host_key(), "2026-12-02T00:00:00+00:00", enc, dec, r["host_python_ops_s"], 1.0, 3)
+
+    model = TieredModel(artifact)
+    data = bytes(range(256)) * 4096
+    link, system = LinkState(1e9, 0.01, link_type="metro"), SystemState(2)
+    slow, fast = Decider(model, host_profile=profile(0.25)), Decider(model, host_profile=profile(4.0))
+    assert slow.host == [-2.0] * 7 and fast.host == [2.0] * 7
+    for d in (slow, fast, Decider(model)):
+        got = d.decide(data, link, system, tier=LIGHT)
+        assert got.strategy in STRATEGIES
+        # the compiled light row and the Python definition agree, host inputs included
+        if d.light_row is not None:
+            row, basic = d.light_row.build(data, None, "other", {}, link, system)
+            ref = decision_vector(
+                spec, len(data), "other", basic, None, link, system, d.cost_model, {}, d.host
+            )
+            assert list(row) == pytest.approx(ref, abs=1e-12)

@@ -18,7 +18,7 @@ from ..hostprofile import HOST_FEATURE_NAMES, HostProfile, host_vector
 from ..link import LinkState, SystemState
 from .artifact import CMIL
 from .featurize import FeatureSpec, LightRow, link_vector, payload_vector
-from .policy import FAST, LIGHT, RICH, STRATEGIES, cmil_costs_scalar, confidence_scalar
+from .policy import FAST, LIGHT, RICH, STRATEGIES, DecisionTimes, cmil_costs_scalar, confidence_scalar
 from .runtime import TieredModel
 
 __all__ = ["Decider", "Decision", "decision_vector"]
@@ -164,6 +164,20 @@ def _classifier_choice(out: Sequence[float], has_baseline: bool) -> tuple[str, d
     return max(probs, key=probs.__getitem__), probs
 
 
+def host_times(
+    times: DecisionTimes, timing_host: Mapping[str, Any] | None, host_profile: HostProfile | None
+) -> DecisionTimes:
+    """Decision times for this node: ``times`` × (the timing host's Python rate / this node's)."""
+    try:
+        theirs = float((timing_host or {})["rates"]["host_python_ops_s"])
+    except (KeyError, TypeError, ValueError):
+        return times
+    if host_profile is None or not theirs > 0:
+        return times
+    f = theirs / host_profile.python_ops_s
+    return DecisionTimes(times.fast_s * f, times.light_s * f, times.rich_s * f)
+
+
 class Decider:
     """Decides with a trained model under the artifact's policy (no cache; see ``serving``)."""
 
@@ -180,7 +194,10 @@ class Decider:
         self.artifact = model.artifact
         self.cost_model = cost_model or CostModel(self.artifact.cost_params)
         self.oracle = Oracle(self.cost_model)
-        self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.artifact.times)
+        #: the tiers' decision times on this node: the artifact's, scaled by how much faster or slower
+        #: this node runs Python than the host that timed them (when both profiles are known)
+        self.times = host_times(self.artifact.times, self.artifact.extra.get("timing_host"), host_profile)
+        self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.times)
         self._fast_rule = self.artifact.fast_rule.choose
         # a light classifier whose network runs compiled gets its whole row from one compiled call too
         light = model.tiers.get(LIGHT)

@@ -31,6 +31,7 @@ import numpy as np
 from .._version import __version__
 from ..costmodel import CostModel
 from ..errors import ConfigError
+from ..hostprofile import load_or_calibrate
 from ..modeling.artifact import CLASSIFIER, CMIL, ModelArtifact, TierModel, save_artifact
 from ..modeling.decide import Decider
 from ..modeling.featurize import LIGHT, PAYLOAD_TYPES, RICH, FeatureSpec
@@ -445,6 +446,7 @@ def train(
         },
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "training_hosts": training_hosts(native_train),
+        "timing_host": timing_host(),
         "host_draws": (
             {"seed": config.seed, "spread_log2": DEFAULT_SPREAD, "rate_sd_log2": DEFAULT_RATE_SD}
             if config.host_draws
@@ -506,6 +508,15 @@ def with_host_draws(splits: dict[str, Split], cm: CostModel, seed: int) -> dict[
         out["test_fleet"] = reprice_for_hosts(splits["test"], cm, seed + 2)
         out["test_fleet"].name = "test_fleet"
     return out
+
+
+def timing_host() -> dict[str, Any] | None:
+    """The profile of the host that timed the decisions (this one): a node scales the artifact's
+    decision times by its own Python rate against this one's (``modeling.decide.host_times``)."""
+    profile = load_or_calibrate()
+    if profile is None:  # pragma: no cover - load_or_calibrate measures when nothing is cached
+        return None
+    return {"profile_id": profile.profile_id, "cpu": profile.key.cpu_model, "rates": profile.features()}
 
 
 def training_hosts(split: Split) -> list[dict[str, Any]]:
@@ -602,6 +613,7 @@ def calibrate(
     before = {"times": artifact.times.to_dict(), "policy": artifact.policy.to_dict()}
     artifact.fast_rule = fit_fast_rule(splits["train"], cm)  # deterministic: the same rule, or a first one
     artifact.times = measure_decision_times(Decider(model, cm), calls=timing_calls, seed=seed)
+    artifact.extra["timing_host"] = timing_host()
     outputs, _ = model_outputs(model, splits["val"], cm)
     artifact.policy, _ = fit_policy(outputs, splits["val"], artifact.times, cm, artifact.fast_rule)
     reports, report_split = _evaluate_splits(artifact, splits, cm)
