@@ -208,7 +208,7 @@ class CostModel:
     >>> cm.streams(link)
     1
     >>> round(cm.transfer_time(1 << 20, StrategyMeasurement(1 << 20, 0.0, 0.0), link, SystemState()), 4)
-    0.0499
+    0.0503
     """
 
     def __init__(self, params: CostParams | None = None) -> None:
