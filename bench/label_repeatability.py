@@ -101,6 +101,18 @@ def compare(first: dict[str, np.ndarray], again: dict[str, np.ndarray]) -> dict[
     }
     links = np.asarray(first["f_link_type"], dtype=str)
     out["by_link"] = {str(lt): figures(links == lt) for lt in sorted(set(links.tolist()))}
+    # by size: payloads of a chunk or more are timed once (measure.default_repeats), smaller ones the
+    # least of 5 or 25 runs
+    size = np.asarray(first["f_payload_bytes"], dtype=np.float64)
+    out["by_size"] = {
+        label: figures((size >= lo) & (size < hi))
+        for lo, hi, label in (
+            (0, 64 << 10, "< 64 KiB"),
+            (64 << 10, 1 << 20, "64 KiB–1 MiB"),
+            (1 << 20, np.inf, "≥ 1 MiB"),
+        )
+        if ((size >= lo) & (size < hi)).any()
+    }
     return out
 
 
@@ -164,7 +176,7 @@ def main() -> None:
     }
     print(f"re-measured {result['rows']:,} records of {len(picked)} sessions in {seconds:.0f} s")
     print(f"{'link':8} {'rows':>7} {'agree':>7} {'decisive':>9} {'near-opt':>9} {'regret':>7} {'p95':>7}")
-    for name, r in [("all", result), *result["by_link"].items()]:
+    for name, r in [("all", result), *result["by_link"].items(), *result["by_size"].items()]:
         dec = "–" if r["decisive_agreement"] is None else f"{r['decisive_agreement'] * 100:.2f}"
         print(
             f"{name:8} {r['rows']:7,} {r['label_agreement'] * 100:7.2f} {dec:>9} "
