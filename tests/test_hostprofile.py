@@ -130,3 +130,26 @@ def test_decision_times_follow_the_nodes_python_speed(profile: HostProfile) -> N
     assert slower.light_s == pytest.approx(20e-6) and slower.rich_s == pytest.approx(1e-3)
     assert host_times(t, None, profile) == t and host_times(t, timed_on, None) == t
     assert host_times(t, {"rates": {}}, profile) == t
+
+
+def test_an_old_profile_is_measured_again_and_a_selector_refreshes_its_own(
+    profile: HostProfile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dwcp_selector.serving import Selector
+
+    d = profile.to_dict()
+    d["measured_at"] = "2026-01-01T00:00:00+00:00"
+    old = HostProfile.from_dict(d)
+    assert old.age_s() > 86_400 and profile.age_s() < 3_600
+    old.save(tmp_path / f"{host_key().key_id}.json")
+    assert load_or_calibrate(tmp_path, measure=False) == old  # no age limit: the cache answers
+    fresh = load_or_calibrate(tmp_path, max_age_s=3_600, budget_s=2.0)
+    assert fresh is not None and fresh != old and fresh.age_s() < 60
+    monkeypatch.setenv("DWCP_PROFILE_DIR", str(tmp_path))
+    root = Path(__file__).resolve().parent.parent
+    sel = Selector(root / "models" / "selector", host_profile=old)
+    before = sel.decider
+    got = sel.refresh_host_profile(budget_s=2.0)
+    assert sel.host_profile is got and got.age_s() < 60 and sel.decider is not before
+    assert sel.decider.host == host_vector(got.features())
+    assert HostProfile.load(tmp_path / f"{host_key().key_id}.json") == got

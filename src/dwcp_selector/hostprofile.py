@@ -173,6 +173,16 @@ class HostProfile:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return f"{self.key.key_id}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
+    def age_s(self) -> float:
+        """Seconds since the profile was measured (infinite when its time stamp cannot be read)."""
+        try:
+            then = dt.datetime.fromisoformat(self.measured_at)
+        except ValueError:
+            return math.inf
+        if then.tzinfo is None:
+            then = then.replace(tzinfo=dt.UTC)
+        return max(0.0, (dt.datetime.now(dt.UTC) - then).total_seconds())
+
     def features(self) -> dict[str, float]:
         """The telemetry columns and model inputs of this profile (``host_*``)."""
         out = {f"host_{s}_encode_bps": float(self.encode_bps[s]) for s in HOST_FEATURE_STRATEGIES}
@@ -402,8 +412,10 @@ def load_or_calibrate(
     measure: bool = True,
     force: bool = False,
     budget_s: float = DEFAULT_BUDGET_S,
+    max_age_s: float | None = None,
 ) -> HostProfile | None:
-    """This host's cached profile, measured and cached first when there is none (or ``force``).
+    """This host's cached profile, measured and cached first when there is none (or ``force``, or the
+    cached one is older than ``max_age_s``: a host whose speed drifts is measured again).
 
     With ``measure=False`` a missing profile gives None. A damaged cache file is measured again (with a
     warning), and a cache directory that cannot be written keeps the profile in memory only: a node
@@ -414,7 +426,7 @@ def load_or_calibrate(
     if not force and path.exists():
         try:
             profile = HostProfile.load(path)
-            if profile.key == key:
+            if profile.key == key and (max_age_s is None or profile.age_s() <= max_age_s):
                 return profile
         except ConfigError as exc:
             warnings.warn(f"host profile {path} ignored: {exc}", RuntimeWarning, stacklevel=2)

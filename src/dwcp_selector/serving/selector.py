@@ -64,11 +64,26 @@ class Selector:
         for message in self.host_report["warnings"]:
             _log.warning("model %s on this host: %s", model_dir, message)
         self.cost_model = CostModel(self.artifact.cost_params)
-        self.decider = Decider(TieredModel(self.artifact), self.cost_model, self.host_profile)
+        self._model = TieredModel(self.artifact)
+        self.decider = Decider(self._model, self.cost_model, self.host_profile)
         self.cache_size = cache_size
         self.ttl_s = ttl_s
         self._cache: OrderedDict[CacheKey, tuple[float, int, Decision]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def refresh_host_profile(self, *, budget_s: float = 2.0) -> HostProfile:
+        """Measure this node again and decide with the new profile from the next call on.
+
+        A node whose speed drifts (shared hosts, thermal limits, noisy neighbours) calls this now and
+        then, from a background thread: the new decider is built aside and swapped in with one
+        assignment, so a decision in flight finishes with the old one. The profile goes to the cache.
+        """
+        profile = load_or_calibrate(force=True, budget_s=budget_s)
+        assert profile is not None
+        decider = Decider(self._model, self.cost_model, profile)
+        report = compare_to_training_hosts(profile, self.artifact.extra.get("training_hosts") or [])
+        self.host_profile, self.host_report, self.decider = profile, report, decider
+        return profile
 
     @staticmethod
     def cache_key(resource_id: str, link: LinkState, has_baseline: bool) -> CacheKey:
