@@ -695,11 +695,33 @@ def model_card(summary: dict[str, Any], artifact: ModelArtifact) -> str:
     lines += [
         "## Limitations",
         "",
-        "- Trained on staging payload families and link draws (docs/staging-data.md); other data needs a",
-        "  collection of its own (`collect --corpus`).",
-        "- Encode and decode times are those of the host that measured them; a very different CPU shifts",
-        "  the cost boundaries. Re-collect and retrain on the fleet's hardware.",
-        "- The decision times above are this host's; the policy thresholds scale with them.",
+        "- Trained on staging payload families, the collecting machine's own real files and link draws",
+        "  (docs/staging-data.md); other data needs a collection of its own (`collect --corpus`).",
+        *(
+            [
+                "- Takes the node's host speed profile as input and was trained on records re-priced for",
+                "  hosts 0.42–2.4× as fast as the collecting one, each codec with its own factor",
+                "  (docs/training.md); re-pricing overshoots payloads under 1 MiB on a cache-contended host",
+                "  (`bench/host_reprice.py`). Training hosts: "
+                + (
+                    ", ".join(
+                        f"{h.get('host_cpu')} ({h.get('records'):,} records)"
+                        for h in artifact.extra.get("training_hosts") or []
+                    )
+                    or "not recorded"
+                )
+                + ".",
+                "- On a host whose speed drifts, labels move with it: refresh the node's profile",
+                "  (`Selector.refresh_host_profile`).",
+            ]
+            if artifact.extra.get("host_draws")
+            else [
+                "- Encode and decode times are those of the host that measured them; a very different CPU",
+                "  shifts the cost boundaries. Re-collect and retrain on the fleet's hardware.",
+            ]
+        ),
+        "- The decision times above are the timing host's; a node scales them by its Python speed, and",
+        "  the policy thresholds move with them.",
         "- Label repeatability caps exact accuracy: where two strategies cost nearly the same, the label is",
         "  decided by measurement noise (`bench/label_repeatability.py` re-measures a sample of the staging",
         "  store; near-optimal rate and regret are the headline metrics).",
