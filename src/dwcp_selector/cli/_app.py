@@ -7,6 +7,7 @@ ends as one ``error: ...`` line on stderr and a non-zero exit code, never a trac
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 EXIT_ERROR = 2
+EXIT_UNEXPECTED = 3
 
 
 class _Group(click.Group):
@@ -41,10 +43,20 @@ class _Group(click.Group):
             _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         except KeyboardInterrupt:
             _fail("interrupted", code=130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last resort: a bug, but still one line, no traceback
+            if os.environ.get("DWCP_DEBUG"):
+                raise
+            _fail(
+                f"unexpected {type(exc).__name__}: {exc} (a bug: please report it; DWCP_DEBUG=1 shows where)",
+                code=EXIT_UNEXPECTED,
+            )
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    click.echo(f"error: {message}", err=True)
+    """One ``error:`` line, whatever the message holds (libpq's, for one, spans lines)."""
+    click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

@@ -142,7 +142,7 @@ def validate_cmd(store_url: str, min_rows: int, as_json: bool) -> None:
     from ..dataset.quality import BARS, HDE_AMST_TARGET, assess
     from ..telemetry.store import open_store
 
-    with open_store(store_url) as store:
+    with open_store(store_url, must_exist=True) as store:
         table = store.read_table()
     report = assess(table, min_rows=min_rows)
     doc = report.to_dict()
@@ -192,7 +192,7 @@ def export_cmd(
     from ..dataset.export import export_dataset
     from ..telemetry.store import open_store
 
-    with open_store(store_url) as store:
+    with open_store(store_url, must_exist=True) as store:
         table = store.read_table()
     report = export_dataset(
         table,
@@ -224,7 +224,7 @@ def retention_cmd(store_url: str, archive_dir: Path, keep_days: int, now: str | 
     """Archive days older than --keep-days to Parquet, then drop them from the store."""
     from ..telemetry.store import open_store
 
-    with open_store(store_url) as store:
+    with open_store(store_url, must_exist=True) as store:
         report = store.apply_retention(archive_dir, now=_date(now), keep_days=keep_days)
     doc = {
         "cutoff": report.cutoff.isoformat(),

@@ -153,6 +153,19 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
             f"model was trained for cost model {cost_params.fingerprint}, the caller prices with "
             f"{cost_model.params.fingerprint}: its labels and costs would not match"
         )
+    try:
+        return _build(path, manifest, cost_params)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # the checksum is unkeyed: a manifest rewritten without a field checks out, so every field is
+        # read defensively and a missing or malformed one is named
+        raise ArtifactError(
+            f"{path / MANIFEST} has a missing or malformed field ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _build(path: Path, manifest: dict[str, Any], cost_params: CostParams) -> ModelArtifact:
     tiers = {}
     for name, t in manifest.get("tiers", {}).items():
         file = path / str(t["file"])

@@ -114,7 +114,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 
 def _split_url(url: str) -> tuple[str, str | None]:
     """The libpq URL without our own ``schema`` parameter, and that schema."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # validates it: urlsplit alone accepts any digits
+    except ValueError as exc:
+        raise ConfigError(f"not a PostgreSQL URL ({exc})") from exc
+    if port is not None and not 0 < port < 65536:  # pragma: no cover - urlsplit refuses these already
+        raise ConfigError(f"PostgreSQL port {port} is out of range")
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in query if k == "schema"), None)
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"])
@@ -150,7 +156,12 @@ class PostgresStore(TelemetryStore):
         try:
             conn = psycopg.connect(self._dsn, connect_timeout=self._timeout, autocommit=False)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(f"PostgreSQL at {self._redacted()} is not reachable: {exc}") from exc
+            reason = " ".join(str(exc).split())  # libpq's message spans lines
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self._redacted()} is not reachable: {reason}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise ConfigError(f"PostgreSQL URL {self._redacted()} is not usable: {exc}") from exc
         if self.schema:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ def _path_of(url: str) -> str:
 
 
 _TS = COLUMN_NAMES.index("ts")
+#: How long an opener waits for another process's first migration before giving up.
+_OPEN_RETRY_S = 15.0
 #: Rows a multi-row INSERT binds: under SQLite's limit of 32,766 bound parameters a statement.
 _ROWS_PER_STATEMENT = min(400, 32_766 // len(COLUMN_NAMES))
 
@@ -112,21 +115,46 @@ _ROWS_PER_STATEMENT = min(400, 32_766 // len(COLUMN_NAMES))
 class SqliteStore(TelemetryStore):
     """Telemetry in one SQLite file."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, must_exist: bool = False) -> None:
+        """``must_exist``: refuse a path where no store is (a reader's mistyped path would otherwise
+        leave an empty database behind and report on nothing)."""
         self.url = url
         path = _path_of(url)
         if path != ":memory:":
+            if must_exist and not Path(path).is_file():
+                raise StoreError(f"no SQLite telemetry store at {path}")
+            if Path(path).is_dir():
+                raise StoreError(f"SQLite store {path} is a directory")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-        self.migrate()
+        # Two processes opening a fresh file at once race for WAL mode and the first migration: the
+        # loser sees "database is locked"; it waits and tries again, within a bound.
+        deadline = time.monotonic() + _OPEN_RETRY_S
+        while True:
+            try:
+                with self._lock:
+                    self._db.execute("PRAGMA busy_timeout=10000")
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                self.migrate()
+                break
+            except sqlite3.DatabaseError as exc:
+                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if locked and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                self._db.close()
+                what = (
+                    "is locked by another process" if locked else f"is not a SQLite telemetry store ({exc})"
+                )
+                raise StoreError(f"SQLite store {path} {what}") from exc
+            except StoreError:
+                self._db.close()
+                raise
         # ON CONFLICT skips only a duplicate id; a NOT NULL violation still fails the batch (OR IGNORE
         # would silently skip such a row).
         self._cols = ", ".join(COLUMN_NAMES)
@@ -151,6 +179,10 @@ class SqliteStore(TelemetryStore):
                     continue
                 try:
                     db.execute("BEGIN IMMEDIATE")
+                    # another process may have applied it between our read and our write lock
+                    if db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                        db.execute("COMMIT")
+                        continue
                     for sql in statements:
                         db.execute(sql)
                     db.execute(
@@ -159,7 +191,10 @@ class SqliteStore(TelemetryStore):
                     )
                     db.execute("COMMIT")
                 except sqlite3.Error as exc:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                        raise  # a concurrent opener holds the lock: the caller waits and tries again
                     raise StoreError(f"migration {version} failed on {self.url}: {exc}") from exc
             return max(v for v, _, _ in MIGRATIONS)
 

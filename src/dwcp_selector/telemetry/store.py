@@ -155,12 +155,15 @@ def columns_or_all(columns: Sequence[str] | None) -> list[str]:
     return [c for c in COLUMN_NAMES if c in set(columns)]
 
 
-def open_store(url: str) -> TelemetryStore:
-    """The store a URL names: ``sqlite:///file.db`` or ``postgresql://…``."""
+def open_store(url: str, *, must_exist: bool = False) -> TelemetryStore:
+    """The store a URL names: ``sqlite:///file.db`` or ``postgresql://…``.
+
+    ``must_exist`` (readers: validate, export, retention) refuses an SQLite path with no store there
+    instead of creating an empty one."""
     if url.startswith("sqlite:"):
         from .sqlite import SqliteStore
 
-        return SqliteStore(url)
+        return SqliteStore(url, must_exist=must_exist)
     if url.startswith(("postgresql:", "postgres:")):
         try:
             from .postgres import PostgresStore

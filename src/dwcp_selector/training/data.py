@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..dataset.export import DATASET_SCHEMA
@@ -90,24 +91,38 @@ def _table_to_cols(path: Path) -> dict[str, np.ndarray]:
 def load_dataset(data_dir: str | Path) -> tuple[dict[str, Split], str, dict[str, object]]:
     """The splits of an exported dataset, its fingerprint and its manifest."""
     path = Path(data_dir)
+    where = path / "manifest.json"
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads(where.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{path} is not an exported dataset (no manifest.json); run dwcp-selector export"
         ) from exc
-    if manifest.get("schema") != DATASET_SCHEMA:
-        raise ConfigError(f"{path / 'manifest.json'} is not a {DATASET_SCHEMA} manifest")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is not JSON (truncated or damaged): {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema") != DATASET_SCHEMA:
+        raise ConfigError(f"{where} is not a {DATASET_SCHEMA} manifest")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
+    ):
+        raise ConfigError(f"{where} lists no files with their sha256 (damaged manifest)")
     splits: dict[str, Split] = {}
     for name in ("train", "val", "test", "holdout"):
         file = path / f"{name}.parquet"
         if file.exists():
-            expected = manifest["files"][file.name]["sha256"]
+            if file.name not in files:
+                raise ConfigError(f"{file} is not in the dataset manifest")
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
-            if digest != expected:
+            if digest != files[file.name]["sha256"]:
                 raise ConfigError(f"{file} does not match the dataset manifest (sha256)")
-            splits[name] = Split(name, _table_to_cols(file))
+            try:
+                splits[name] = Split(name, _table_to_cols(file))
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise ConfigError(f"{file} is not a readable Parquet table: {exc}") from exc
+    if not splits:
+        raise ConfigError(f"{path} holds none of the splits its manifest describes")
     fingerprint = hashlib.sha256(
-        json.dumps({k: v["sha256"] for k, v in sorted(manifest["files"].items())}, sort_keys=True).encode()
+        json.dumps({k: v["sha256"] for k, v in sorted(files.items())}, sort_keys=True).encode()
     ).hexdigest()[:16]
     return splits, fingerprint, manifest
