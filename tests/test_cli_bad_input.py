@@ -106,3 +106,50 @@ def test_two_processes_open_a_fresh_sqlite_store_at_the_same_instant(tmp_path: P
             p.join(60)
         results += [out.get(timeout=5) for _ in procs]
     assert results == [("ok", 0)] * 12
+
+
+def test_a_configured_model_key_refuses_unsigned_and_tampered_models(tmp_path: Path) -> None:
+    from dwcp_selector.errors import ArtifactError
+    from dwcp_selector.modeling.artifact import load_artifact, save_artifact
+
+    key, other = b"k" * 32, b"o" * 32
+    signed = tmp_path / "signed"
+    save_artifact(load_artifact(MODEL), signed, key=key)
+    assert load_artifact(signed, key=key).extra == load_artifact(MODEL).extra
+    assert load_artifact(signed).kind  # without a key, the checksum is all that is checked
+    with pytest.raises(ArtifactError, match="not signed, and a model key"):
+        load_artifact(MODEL, key=key)
+    with pytest.raises(ArtifactError, match="not signed with the configured"):
+        load_artifact(signed, key=other)
+    # the attack the unkeyed checksum cannot stop: change a field, recompute the checksum
+    man = json.loads((signed / "manifest.json").read_text())
+    sig = man.pop("signature")
+    man.pop("checksum")
+    man["temperature"] = 9.0
+    man["checksum"] = hashlib.sha256(json.dumps(man, indent=2, sort_keys=True).encode()).hexdigest()
+    man["signature"] = sig
+    (signed / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True))
+    assert load_artifact(signed).temperature == 9.0
+    with pytest.raises(ArtifactError, match="not signed with the configured"):
+        load_artifact(signed, key=key)
+    # the CLI reads the key from the environment and refuses with one line
+    env = {**__import__("os").environ, "DWCP_MODEL_KEY": key.decode()}
+    r = subprocess.run(
+        [*CLI, "select", str(ROOT / "README.md"), "--model", str(MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    _one_error_line(r, "not signed")
+    short = {**env, "DWCP_MODEL_KEY": "short"}
+    r = subprocess.run(
+        [*CLI, "select", str(ROOT / "README.md"), "--model", str(MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=short,
+        check=False,
+    )
+    _one_error_line(r, "at least 16 bytes")

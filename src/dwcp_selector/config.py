@@ -12,13 +12,14 @@ behaviour behind its back.
 | ``DWCP_DICT_DIR`` | directory of trained zstd dictionaries | none |
 | ``DWCP_CHECKSUM`` | frame checksum, ``xxh3`` or ``crc32c`` | ``xxh3`` |
 | ``DWCP_STORE_URL`` | telemetry store of the data commands | ``sqlite:///dwcp-telemetry.db`` |
+| ``DWCP_MODEL_KEY`` | key that signs trained models and that loaders require (≥ 16 bytes) | none |
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -51,6 +52,7 @@ class Settings:
     dict_dir: str | None = None
     checksum: str = "xxh3"
     store_url: str = DEFAULT_STORE_URL
+    model_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,4 +67,15 @@ class Settings:
             dict_dir=env.get("DWCP_DICT_DIR") or None,
             checksum=checksum,
             store_url=env.get("DWCP_STORE_URL") or DEFAULT_STORE_URL,
+            model_key=_model_key(env),
         )
+
+
+def _model_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get("DWCP_MODEL_KEY")
+    if not raw:
+        return None
+    key = raw.encode()
+    if len(key) < 16:
+        raise ConfigError("DWCP_MODEL_KEY must be at least 16 bytes")
+    return key

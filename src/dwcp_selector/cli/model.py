@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
+from ..config import Settings
 from ..link import SystemState, link_from_class
 from ._app import cli, emit, stdout
 from .codec import _FILE, _baseline, _mapped, link_options
@@ -93,7 +94,14 @@ def train_cmd(
     from ..training.pipeline import CANDIDATES, TrainConfig
 
     chosen = tuple(c.strip() for c in candidates.split(",")) if candidates else CANDIDATES
-    config = TrainConfig(trials=trials, folds=folds, candidates=chosen, seed=seed, host_draws=host_draws)
+    config = TrainConfig(
+        trials=trials,
+        folds=folds,
+        candidates=chosen,
+        seed=seed,
+        host_draws=host_draws,
+        model_key=Settings.from_env().model_key,
+    )
     summary = train_with_progress(data_dir, out_dir, config, show=not as_json and sys.stderr.isatty())
 
     def human() -> None:
@@ -172,7 +180,7 @@ def calibrate_cmd(
         from ..modeling.runtime import TieredModel
         from ..modeling.timing import measure_decision_times
 
-        artifact = load_artifact(model_dir)
+        artifact = load_artifact(model_dir, key=Settings.from_env().model_key)
         times = measure_decision_times(
             Decider(TieredModel(artifact), CostModel(artifact.cost_params), profile), calls=calls
         )
@@ -180,7 +188,7 @@ def calibrate_cmd(
     elif model_dir is not None and data_dir is not None:
         from ..training.pipeline import calibrate
 
-        summary = calibrate(model_dir, data_dir, timing_calls=calls)
+        summary = calibrate(model_dir, data_dir, timing_calls=calls, key=Settings.from_env().model_key)
         doc.update({k: summary[k] for k in ("decision_times", "policy", "calibrated")})
         doc["test"] = {k: summary["metrics"].get("test", {}).get(k) for k in _KEYS}
 
@@ -231,7 +239,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, split: str, html: Path | None,
     from ..training.data import load_dataset
     from ..training.policy_eval import evaluate_artifact
 
-    artifact = load_artifact(model_dir)
+    artifact = load_artifact(model_dir, key=Settings.from_env().model_key)
     splits, _, _ = load_dataset(data_dir)
     if split not in splits:
         raise ConfigError(f"{data_dir} has no {split!r} split (has {', '.join(splits)})")
@@ -298,7 +306,7 @@ def select_cmd(
         link_type, bandwidth_mbps=bandwidth_mbps, rtt_ms=rtt_ms, loss=loss, utilization=utilization
     )
     system = SystemState(free_cores=free_cores)
-    selector = Selector(model_dir)
+    selector = Selector(model_dir, model_key=Settings.from_env().model_key)
     base = _baseline(baseline, None)
     with _mapped(file) as payload:
         data = bytes(payload)

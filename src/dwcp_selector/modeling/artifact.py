@@ -17,6 +17,7 @@ cost model other than this build's, and a model made by another major version of
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_artifact(artifact: ModelArtifact, out_dir: str | Path) -> Path:
-    """Write the ONNX files and the manifest (the manifest last: a directory with one is complete)."""
+def save_artifact(artifact: ModelArtifact, out_dir: str | Path, *, key: bytes | None = None) -> Path:
+    """Write the ONNX files and the manifest (the manifest last: a directory with one is complete).
+
+    With ``key`` the manifest is also signed (HMAC-SHA256; the ONNX files are bound by their sha256 in
+    it), and a loader given the same key refuses any other."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
@@ -108,17 +112,33 @@ def save_artifact(artifact: ModelArtifact, out_dir: str | Path) -> Path:
     }
     body = json.dumps(manifest, indent=2, sort_keys=True)
     manifest["checksum"] = _sha256(body.encode())
+    if key is not None:
+        manifest["signature"] = _sign(body.encode(), key)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     artifact.path = out
     return out
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"dwcp-model-key:" + key).hexdigest()[:12]
+
+
+def _sign(body: bytes, key: bytes) -> dict[str, str]:
+    """HMAC-SHA256 of the manifest body, and which key made it (a hash of it, never the key)."""
+    return {"alg": "hmac-sha256", "key_id": _key_id(key), "mac": hmac.new(key, body, "sha256").hexdigest()}
 
 
 def _major(version: object) -> str:
     return str(version).split(".")[0]
 
 
-def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None) -> ModelArtifact:
-    """Read and verify a model directory; every mismatch is an :class:`ArtifactError` saying which."""
+def load_artifact(
+    model_dir: str | Path, *, cost_model: CostModel | None = None, key: bytes | None = None
+) -> ModelArtifact:
+    """Read and verify a model directory; every mismatch is an :class:`ArtifactError` saying which.
+
+    With ``key`` (``DWCP_MODEL_KEY``), a manifest that is unsigned or signed with another key is
+    refused: the unkeyed checksum alone proves nothing against a tampered manifest."""
     path = Path(model_dir)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -129,8 +149,19 @@ def load_artifact(model_dir: str | Path, *, cost_model: CostModel | None = None)
     if not isinstance(manifest, dict) or manifest.get("schema") != MODEL_SCHEMA:
         raise ArtifactError(f"{path / MANIFEST} is not a {MODEL_SCHEMA} manifest")
     stated = manifest.pop("checksum", None)
-    if stated != _sha256(json.dumps(manifest, indent=2, sort_keys=True).encode()):
+    signature = manifest.pop("signature", None)
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if stated != _sha256(body):
         raise ArtifactError(f"{path / MANIFEST} was modified after the model was written (checksum mismatch)")
+    if key is not None:
+        # the checksum is unkeyed (anyone can recompute it); with a key, only its holder can sign
+        if not isinstance(signature, dict):
+            raise ArtifactError(f"{path / MANIFEST} is not signed, and a model key is configured")
+        if not hmac.compare_digest(str(signature.get("mac", "")), _sign(body, key)["mac"]):
+            raise ArtifactError(
+                f"{path / MANIFEST} is not signed with the configured model key (key id "
+                f"{signature.get('key_id')!r}, configured {_key_id(key)!r})"
+            )
     if _major(manifest.get("library_version")) != _major(__version__):
         raise ArtifactError(
             f"model made by dwcp-selector {manifest.get('library_version')}; this is {__version__} "

@@ -52,11 +52,13 @@ class Selector:
         cache_size: int = DEFAULT_CACHE_SIZE,
         ttl_s: float = DEFAULT_CACHE_TTL_S,
         host_profile: HostProfile | Literal["auto"] | None = "auto",
+        model_key: bytes | None = None,
     ) -> None:
         """``host_profile="auto"`` takes this host's cached profile, or measures it (about 5 s, once per
         host) when there is none; ``None`` skips it. ``host_report`` compares it with the model's
-        training hosts, and each warning goes to the log."""
-        self.artifact = load_artifact(model_dir)
+        training hosts, and each warning goes to the log. ``model_key``: refuse a model not signed
+        with it (``Settings.model_key``, from ``DWCP_MODEL_KEY``)."""
+        self.artifact = load_artifact(model_dir, key=model_key)
         self.host_profile = load_or_calibrate() if host_profile == "auto" else host_profile
         self.host_report = compare_to_training_hosts(
             self.host_profile, self.artifact.extra.get("training_hosts") or []

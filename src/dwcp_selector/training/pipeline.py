@@ -71,6 +71,8 @@ class TrainConfig:
     #: re-price train and validation records on drawn hosts and give the models the host inputs
     #: (``training.hosts``); off: the collecting host's speeds only, as models before host profiles
     host_draws: bool = True
+    #: sign the exported manifest with this key (``DWCP_MODEL_KEY``); loaders given it refuse others
+    model_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.candidates) - set(CANDIDATES)
@@ -453,7 +455,7 @@ def train(
             else None
         ),
     }
-    save_artifact(artifact, out)
+    save_artifact(artifact, out, key=config.model_key)
     summary = {
         "chosen": best.name,
         "model_dir": str(out),
@@ -587,7 +589,12 @@ def _write_outputs(
 
 
 def calibrate(
-    model_dir: str | Path, data_dir: str | Path, *, timing_calls: int = 200, seed: int = 0
+    model_dir: str | Path,
+    data_dir: str | Path,
+    *,
+    timing_calls: int = 200,
+    seed: int = 0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """Re-time a trained model's decisions on this host and refit its policy on the validation split.
 
@@ -598,7 +605,7 @@ def calibrate(
     from ..modeling.artifact import load_artifact
 
     out = Path(model_dir)
-    artifact = load_artifact(out)
+    artifact = load_artifact(out, key=key)
     splits, fingerprint, _ = load_dataset(data_dir)
     if fingerprint != artifact.data_fingerprint:
         raise ConfigError(
@@ -619,7 +626,7 @@ def calibrate(
     reports, report_split = _evaluate_splits(artifact, splits, cm)
     metrics = _metrics(reports)
     artifact.metrics = metrics
-    save_artifact(artifact, out)
+    save_artifact(artifact, out, key=key)
     summary_path = out / "training.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update(
