@@ -251,3 +251,55 @@ def test_grafana_dashboard_plots_metrics_the_collector_exports() -> None:
     metrics.flush_latency.observe(0.01)
     exported = {sample.name for family in registry.collect() for sample in family.samples}
     assert used and used <= exported, used - exported
+
+
+def test_an_unwritable_spill_loses_only_what_it_must_and_the_writer_lives_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "db"
+    blocker.write_text("not a directory")  # the store is down
+    spill_blocker = tmp_path / "spill"
+    spill_blocker.write_text("not a directory")  # and the spill file cannot be written either
+    url = f"sqlite:///{blocker}/t.db"
+    with TelemetryCollector(url, enabled=True, spill_path=spill_blocker / "spill.bin") as c:
+        for r in recs(200):
+            assert c.record(r)
+        c.flush()
+        assert c.written == 0 and c.dropped["spill_error"] == 200 and c.errors >= 2
+        assert c._thread.is_alive()  # the writer survived the OSError
+        blocker.unlink()  # the store is back: new records reach it though the spill is still broken
+        for r in recs(100, offset=200):
+            c.record(r)
+        deadline = time.monotonic() + 10
+        while c.written < 100 and time.monotonic() < deadline:
+            c._next_retry = 0.0
+            c.flush()
+            time.sleep(0.05)
+    assert c.written == 100 and c.dropped["spill_error"] == 200
+    assert c.stats()["dropped"]["spill_error"] == 200
+    with open_store(url) as s:
+        assert s.count() == 100
+
+
+def test_a_torn_spill_tail_is_cut_and_the_whole_batches_replayed(tmp_path: Path) -> None:
+    blocker = tmp_path / "db"
+    blocker.write_text("not a directory")
+    url = f"sqlite:///{blocker}/t.db"
+    spill = tmp_path / "spill.bin"
+    with TelemetryCollector(url, enabled=True, spill_path=spill, batch_size=100) as c:
+        for r in recs(300):
+            c.record(r)
+        c.flush()
+        assert c.spilled == 300
+    size = spill.stat().st_size
+    with spill.open("r+b") as f:
+        f.truncate(size - 7)  # the last batch torn, as a kill mid-append leaves it
+    blocker.unlink()
+    with TelemetryCollector(url, enabled=True, spill_path=spill, batch_size=100) as c:
+        c.record(recs(1, offset=1000)[0])
+        deadline = time.monotonic() + 10
+        while not c.written and time.monotonic() < deadline:
+            c.flush()
+            time.sleep(0.05)
+    assert c.dropped["spill_torn_batches"] == 1 and c.replayed in (200, 299)
+    assert not spill.exists() and not list(tmp_path.glob("spill.bin.damaged-*"))
+    with open_store(url) as s:
+        assert s.count() == c.replayed + 1

@@ -128,7 +128,16 @@ class TelemetryCollector:
         self._lock = threading.Lock()
         self._flush_requests: list[threading.Event] = []
         self.written = 0
-        self.dropped: dict[str, int] = {"queue_full": 0, "spill_full": 0, "invalid": 0, "sampled_out": 0}
+        self.dropped: dict[str, int] = {
+            "queue_full": 0,
+            "spill_full": 0,
+            "invalid": 0,
+            "sampled_out": 0,
+            "spill_error": 0,  # the spill file could not be written (disk full, read-only, a directory)
+            "spill_torn_batches": 0,  # batches (not records) cut short at a spill file's end
+            "no_spill": 0,  # the store refused a batch and no spill file is configured
+        }
+        self.writer_errors = 0
         self.errors = 0
         self.last_error: str | None = None
         self.spilled = 0
@@ -196,6 +205,7 @@ class TelemetryCollector:
             "written": self.written,
             "dropped": dict(self.dropped),
             "errors": self.errors,
+            "writer_errors": self.writer_errors,
             "last_error": self.last_error,
             "spilled": self.spilled,
             "replayed": self.replayed,
@@ -229,11 +239,21 @@ class TelemetryCollector:
                     break
                 batch.append(item)
             self.metrics.queue_depth.set(len(self._queue))
-            if batch or (self._spill_bytes and time.monotonic() >= self._next_retry):
-                self._write(batch)
+            try:
+                if batch or (self._spill_bytes and time.monotonic() >= self._next_retry):
+                    self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive every failure it meets
+                self.writer_errors += 1
+                self.errors += 1
+                self.metrics.errors.inc()
+                self._error(exc)
             for w in waiters:
                 w.set()
-        self._drain_on_stop()
+        try:
+            self._drain_on_stop()
+        except Exception as exc:  # noqa: BLE001
+            self.writer_errors += 1
+            self._error(exc)
 
     def _drain_on_stop(self) -> None:
         rest: list[Mapping[str, Any]] = []
@@ -305,18 +325,28 @@ class TelemetryCollector:
         if not batch:
             return
         if self.spill_path is None:
-            self._drop("spill_full", len(batch))  # no spill file configured: nowhere to keep them
+            self._drop("no_spill", len(batch))  # no spill file configured: nowhere to keep them
             return
         rows = [list(row_tuple(r)) for r in batch]
         blob = zstd_compress(json.dumps(rows, default=_json_default).encode(), 1)
         if self._spill_bytes + len(blob) + _FRAME.size > self.spill_budget_bytes:
             self._drop("spill_full", len(batch))
             return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spill_path.open("ab") as f:
-            f.write(_FRAME.pack(len(blob)) + blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.spill_path.open("ab") as f:
+                f.write(_FRAME.pack(len(blob)) + blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            # disk full, read-only, a directory in the way: these records are lost, and counted; the
+            # writer goes on, and the next batch tries the store again
+            self._drop("spill_error", len(batch))
+            self.errors += 1
+            self.metrics.errors.inc()
+            self._error(exc)
+            self._next_retry = 0.0
+            return
         self._spill_bytes += len(blob) + _FRAME.size
         self.spilled += len(batch)
         self.metrics.spilled.inc(len(batch))
@@ -333,11 +363,19 @@ class TelemetryCollector:
         data = self.spill_path.read_bytes()
         pos = 0
         while pos < len(data):
+            whole = pos + _FRAME.size <= len(data)
+            if not whole or pos + _FRAME.size + _FRAME.unpack_from(data, pos)[0] > len(data):
+                # a torn tail: the process died while appending its last batch. Everything before it is
+                # whole and goes to the store; the torn batch cannot be read (its size is unknown: it is
+                # counted as one batch)
+                self._drop("spill_torn_batches", 1)
+                self._error(
+                    DwcpError(f"spill file torn at byte {pos} of {len(data)}: its last batch is lost")
+                )
+                break
             (n,) = _FRAME.unpack_from(data, pos)
             blob = data[pos + _FRAME.size : pos + _FRAME.size + n]
             try:
-                if len(blob) != n:
-                    raise ValueError("the file ends inside a batch")
                 raw = ZstdDecompressor().decompress(ZSTD_MAGIC + blob)
                 rows = json.loads(raw, object_hook=_json_hook)
                 records = [dict(zip(COLUMN_NAMES, row, strict=True)) for row in rows]
