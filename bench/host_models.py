@@ -3,8 +3,8 @@
     python bench/host_models.py --data data/dataset-100k --model models/selector --model OTHER_DIR …
 
 For each model: the test and holdout splits as collected, and the same splits re-priced on drawn hosts
-(``training/hosts.py``, seeds 2 and 3 as the training's report uses). Each model gets each record's
-host profile when it takes one; a model without host inputs decides as it was trained, on the
+(``training.hosts.fleet_splits``, with the seeds the shipped model's report uses). Each model gets each
+record's host profile when it takes one; a model without host inputs decides as it was trained, on the
 collecting host's speeds. Prints a table and writes ``bench/results/host_models.json``.
 
 The comparison in ``docs/decisions/0008-host-profiles-and-fleet-training.md``: the shipped model, the
@@ -29,14 +29,13 @@ def main() -> None:
     from dwcp_selector.costmodel import CostModel
     from dwcp_selector.modeling.artifact import load_artifact
     from dwcp_selector.training.data import load_dataset
-    from dwcp_selector.training.hosts import reprice_for_hosts
+    from dwcp_selector.training.hosts import fleet_splits
     from dwcp_selector.training.policy_eval import evaluate_artifact
 
     splits, fingerprint, _ = load_dataset(args.data)
     cm = CostModel()
     sets = {name: splits[name] for name in ("test", "holdout") if name in splits}
-    for k, name in enumerate(list(sets)):
-        sets[f"{name}_fleet"] = reprice_for_hosts(sets[name], cm, 2 + k)
+    sets.update(fleet_splits(splits, cm, 0))  # the seeds the shipped model's report uses (its seed 0)
     rows: list[dict[str, Any]] = []
     for model_dir in args.model:
         artifact = load_artifact(model_dir)

@@ -328,13 +328,11 @@ def main() -> None:
     draws = artifact.extra.get("host_draws")
     if draws:  # the same records priced on a fleet of hosts the model never saw (training/hosts.py)
         from dwcp_selector.costmodel import CostModel
-        from dwcp_selector.training.hosts import reprice_for_hosts
+        from dwcp_selector.training.hosts import fleet_splits
 
         cm = CostModel(artifact.cost_params)
-        for k, name in enumerate(("test", "holdout")):
-            if name in splits:
-                fleet = reprice_for_hosts(splits[name], cm, int(draws["seed"]) + 2 + k)
-                evaluation[f"{name}_fleet"] = evaluate_artifact(artifact, fleet)
+        for name, fleet in fleet_splits(splits, cm, int(draws["seed"])).items():
+            evaluation[name] = evaluate_artifact(artifact, fleet)
     # the same model without the fast path (its light tier on every transfer): what the policy trades
     always = dataclasses.replace(artifact, policy=PolicyParams(fast_factor=0.0, rich_factor=float("inf")))
     test_name = "test" if "test" in splits else "val"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,10 @@ EVAL = ROOT / "evaldata" / "amd-epyc-2026-12-02"
 CLI = [sys.executable, "-m", "dwcp_selector"]
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env, check=False
+    )
 
 
 def _one_error_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -133,23 +136,7 @@ def test_a_configured_model_key_refuses_unsigned_and_tampered_models(tmp_path: P
     with pytest.raises(ArtifactError, match="not signed with the configured"):
         load_artifact(signed, key=key)
     # the CLI reads the key from the environment and refuses with one line
-    env = {**__import__("os").environ, "DWCP_MODEL_KEY": key.decode()}
-    r = subprocess.run(
-        [*CLI, "select", str(ROOT / "README.md"), "--model", str(MODEL)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    _one_error_line(r, "not signed")
-    short = {**env, "DWCP_MODEL_KEY": "short"}
-    r = subprocess.run(
-        [*CLI, "select", str(ROOT / "README.md"), "--model", str(MODEL)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=short,
-        check=False,
-    )
-    _one_error_line(r, "at least 16 bytes")
+    env = {**os.environ, "DWCP_MODEL_KEY": key.decode()}
+    select = ("select", str(ROOT / "README.md"), "--model", str(MODEL))
+    _one_error_line(_run(*select, cwd=tmp_path, env=env), "not signed")
+    _one_error_line(_run(*select, cwd=tmp_path, env={**env, "DWCP_MODEL_KEY": "short"}), "at least 16 bytes")

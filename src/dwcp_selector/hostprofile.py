@@ -55,6 +55,7 @@ __all__ = [
     "HostProfile",
     "calibrate_host",
     "compare_to_training_hosts",
+    "cpu_model",
     "host_key",
     "host_vector",
     "load_or_calibrate",
@@ -104,7 +105,8 @@ class HostKey:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model ``/proc/cpuinfo`` names (``lscpu``'s "Model name"), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.lower().startswith("model name"):
@@ -136,7 +138,7 @@ def _codec_versions() -> str:
 def host_key() -> HostKey:
     """This process's host key (CPU model from ``/proc/cpuinfo``, cores it may run on)."""
     return HostKey(
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cores=_usable_cores(),
         python=platform.python_version(),
         library=__version__,

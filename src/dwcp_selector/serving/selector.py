@@ -59,15 +59,11 @@ class Selector:
         training hosts, and each warning goes to the log. ``model_key``: refuse a model not signed
         with it (``Settings.model_key``, from ``DWCP_MODEL_KEY``)."""
         self.artifact = load_artifact(model_dir, key=model_key)
-        self.host_profile = load_or_calibrate() if host_profile == "auto" else host_profile
-        self.host_report = compare_to_training_hosts(
-            self.host_profile, self.artifact.extra.get("training_hosts") or []
-        )
-        for message in self.host_report["warnings"]:
-            _log.warning("model %s on this host: %s", model_dir, message)
         self.cost_model = CostModel(self.artifact.cost_params)
         self._model = TieredModel(self.artifact)
-        self.decider = Decider(self._model, self.cost_model, self.host_profile)
+        self._adopt(load_or_calibrate() if host_profile == "auto" else host_profile)
+        for message in self.host_report["warnings"]:
+            _log.warning("model %s on this host: %s", model_dir, message)
         self.cache_size = cache_size
         self.ttl_s = ttl_s
         self._cache: OrderedDict[CacheKey, tuple[float, int, Decision]] = OrderedDict()
@@ -82,10 +78,14 @@ class Selector:
         """
         profile = load_or_calibrate(force=True, budget_s=budget_s)
         assert profile is not None
+        self._adopt(profile)
+        return profile
+
+    def _adopt(self, profile: HostProfile | None) -> None:
+        """Decide with ``profile`` from the next call on: the decider is built aside, then swapped in."""
         decider = Decider(self._model, self.cost_model, profile)
         report = compare_to_training_hosts(profile, self.artifact.extra.get("training_hosts") or [])
         self.host_profile, self.host_report, self.decider = profile, report, decider
-        return profile
 
     @staticmethod
     def cache_key(resource_id: str, link: LinkState, has_baseline: bool) -> CacheKey:

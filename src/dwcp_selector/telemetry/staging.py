@@ -241,7 +241,7 @@ def _init_worker(
     seed: int, corpus_dir: str | None, host: Mapping[str, Any] | None = None, system: bool = False
 ) -> None:
     _worker["host"] = dict(host) if host is not None else host_columns(None)
-    _worker["system"] = SystemCorpus() if system and corpus_dir is None else None
+    _worker["system"] = SystemCorpus() if system else None  # collect(): only without a corpus
     _worker["pools"] = default_pools(seed)
     _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
     codec = PayloadCodec()

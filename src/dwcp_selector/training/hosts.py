@@ -21,12 +21,30 @@ from ..hostprofile import HOST_FEATURE_STRATEGIES, REFERENCE_RATES
 from ..modeling.policy import STRATEGIES
 from .data import Split
 
-__all__ = ["DEFAULT_RATE_SD", "DEFAULT_SPREAD", "reprice_for_hosts"]
+__all__ = ["DEFAULT_RATE_SD", "DEFAULT_SPREAD", "FLEET_SEED_OFFSETS", "fleet_splits", "reprice_for_hosts"]
 
 #: The node's global speed factor is drawn log2-uniform in ±this: 0.42× to 2.4× the measuring host.
 DEFAULT_SPREAD = 1.25
 #: Each codec's and direction's own factor around it, log2-normal with this standard deviation.
 DEFAULT_RATE_SD = 0.25
+
+
+#: Evaluation splits re-priced for a fleet, and their seeds' offsets from the training seed (train and
+#: validation take +0 and +1): seeds the training never drew.
+FLEET_SEED_OFFSETS: dict[str, int] = {"test": 2, "holdout": 3}
+
+
+def fleet_splits(
+    splits: dict[str, Split], cost_model: CostModel, seed: int, names: tuple[str, ...] = ("test", "holdout")
+) -> dict[str, Split]:
+    """``<name>_fleet`` for each of ``names`` present: the split re-priced on hosts of its own."""
+    out = {}
+    for name in names:
+        if name in splits:
+            fleet = reprice_for_hosts(splits[name], cost_model, seed + FLEET_SEED_OFFSETS[name])
+            fleet.name = f"{name}_fleet"
+            out[fleet.name] = fleet
+    return out
 
 
 def _rates(split: Split, name: str) -> np.ndarray:

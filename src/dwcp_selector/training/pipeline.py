@@ -41,7 +41,7 @@ from ..modeling.timing import measure_decision_times
 from .data import Split, load_dataset
 from .evaluation import evaluate_choices
 from .gbm import GbmConfig, fit_gbm, shap_importance
-from .hosts import DEFAULT_RATE_SD, DEFAULT_SPREAD, reprice_for_hosts
+from .hosts import DEFAULT_RATE_SD, DEFAULT_SPREAD, fleet_splits, reprice_for_hosts
 from .mlp import MlpConfig, fit_mlp
 from .policy_eval import (
     evaluate_artifact,
@@ -506,9 +506,7 @@ def with_host_draws(splits: dict[str, Split], cm: CostModel, seed: int) -> dict[
     out = dict(splits)
     for k, name in enumerate(("train", "val")):
         out[name] = reprice_for_hosts(splits[name], cm, seed + k)
-    if "test" in splits:
-        out["test_fleet"] = reprice_for_hosts(splits["test"], cm, seed + 2)
-        out["test_fleet"].name = "test_fleet"
+    out.update(fleet_splits(splits, cm, seed, names=("test",)))
     return out
 
 
