@@ -22,7 +22,7 @@ import numpy as np
 
 from _common import machine, write
 from dwcp_selector.errors import StreamBrokenError
-from dwcp_selector.transport import AmstReceiver, AmstSender
+from dwcp_selector.transport import AmstReceiver, AmstSender, Insecure
 from dwcp_selector.workload import logs_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,8 +47,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
-    with AmstReceiver(("127.0.0.1", 0), max_payload=int((args.gib + 1) * (1 << 30)), timeout_s=120) as rx:
-        sender = AmstSender(rx.address, timeout_s=120)
+    with AmstReceiver(
+        ("127.0.0.1", 0), security=Insecure(), max_payload=int((args.gib + 1) * (1 << 30)), timeout_s=120
+    ) as rx:
+        sender = AmstSender(rx.address, timeout_s=120, security=Insecure())
         for kind, strategies in (("random", ("none", "lz4")), ("logs", ("none", "lz4", "zstd"))):
             data = payload(args.gib, kind)
             for strategy in strategies:
@@ -87,7 +89,9 @@ def main() -> None:
         tid = uuid.uuid4()
         kill: dict[str, Any] = {"payload_bytes": len(data), "cut_after_bytes": cut}
         try:
-            AmstSender(proxy.address, timeout_s=60).send(data, "none", streams=args.streams, transfer_id=tid)
+            AmstSender(proxy.address, timeout_s=60, security=Insecure()).send(
+                data, "none", streams=args.streams, transfer_id=tid
+            )
             kill["sender"] = "no error (defect)"
         except StreamBrokenError as exc:
             kill["sender"] = f"{type(exc).__name__}: {exc}"

@@ -629,6 +629,7 @@ def _worker_main(role: str) -> int:
     import dwcp_selector
     from dwcp_selector import AmstReceiver, AmstSender, Baseline, BaselineStore, PayloadCodec
     from dwcp_selector.measure import measure_strategy
+    from dwcp_selector.transport import Insecure
     from dwcp_selector.transport import receiver as receiver_mod
     from dwcp_selector.transport import sender as sender_mod
 
@@ -682,7 +683,7 @@ def _worker_main(role: str) -> int:
 
         receiver_mod._Transfer.finish = finish  # type: ignore[method-assign]
         vars(receiver_mod)["pack_result"] = pack_result
-        rx = AmstReceiver((RECEIVER_ADDR, AMST_PORT), baselines=store, timeout_s=60)
+        rx = AmstReceiver((RECEIVER_ADDR, AMST_PORT), security=Insecure(), baselines=store, timeout_s=60)
         rx.start()
         for port, handler in ((ECHO_PORT, _echo), (SINK_PORT, _sink)):
             threading.Thread(target=_serve_forever, args=(port, handler, stop), daemon=True).start()
@@ -730,7 +731,9 @@ def _worker_main(role: str) -> int:
                 t_start = time.perf_counter()
                 chunk_size = int(cmd.get("chunk_size", 1 << 20))
                 if chunk_size not in senders:
-                    senders[chunk_size] = AmstSender((RECEIVER_ADDR, AMST_PORT), chunk_size=chunk_size)
+                    senders[chunk_size] = AmstSender(
+                        (RECEIVER_ADDR, AMST_PORT), chunk_size=chunk_size, security=Insecure()
+                    )
                 rep = senders[chunk_size].send(
                     data, cmd["strategy"], streams=int(cmd["streams"]), baseline=baselines.get(cmd["name"])
                 )

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from dwcp_selector.transport import Insecure, InsecureTransportWarning
+
 settings.register_profile(
     "default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -162,3 +164,9 @@ def full_record(i: int, ts: Any, **changes: Any) -> dict[str, Any]:
     )
     rec.update(changes)
     return rec
+
+
+def insecure() -> Insecure:
+    """The explicit no-authentication setting, for tests that speak the raw protocol; it must warn."""
+    with pytest.warns(InsecureTransportWarning):
+        return Insecure()

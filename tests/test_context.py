@@ -31,10 +31,11 @@ from dwcp_selector.strategies._zstd import CompressionParameter, ZstdCompressor,
 from dwcp_selector.strategies.frame import MAX_CONTEXT_LENGTH, parse_header
 from dwcp_selector.strategies.hde import Tier
 from dwcp_selector.strategies.payload import DecodeHistory
+from dwcp_selector.transport import PskAuth
 from dwcp_selector.transport.protocol import CHUNK_HEADER, END, MSG_CHUNK, MSG_END, Hello, Manifest
 from dwcp_selector.workload import dirty_round, logs_json, vm_memory
 
-from .conftest import edited
+from .conftest import edited, insecure
 
 MiB = 1 << 20
 REGISTRY = default_registry()
@@ -248,7 +249,7 @@ def test_receiver_decodes_chunks_that_arrive_before_their_context(strategy: str)
     store = BaselineStore()
     if baseline is not None:
         store.put("r", old)
-    with AmstReceiver(("127.0.0.1", 0), baselines=store, timeout_s=10) as rx:
+    with AmstReceiver(("127.0.0.1", 0), security=insecure(), baselines=store, timeout_s=10) as rx:
         manifest = Manifest(
             payload_length=len(payload),
             chunk_size=MiB,
@@ -267,8 +268,9 @@ def test_parallel_streams_carry_ordered_chunks(strategy: str) -> None:
     rng = np.random.default_rng(10)
     old = logs_json(9 * MiB, rng)
     payload = edited(b"head" + old, 3) if strategy == "hde" else old
-    with AmstReceiver(("127.0.0.1", 0), baselines=BaselineStore(), timeout_s=20) as rx:
-        sender = AmstSender(rx.address)
+    psk = PskAuth("node-a", bytes(range(16)))
+    with AmstReceiver(("127.0.0.1", 0), security=psk, baselines=BaselineStore(), timeout_s=20) as rx:
+        sender = AmstSender(rx.address, security=psk)
         baseline = None
         if strategy == "hde":
             first = sender.send(old, "lz4", streams=2, resource_id="r")

@@ -23,15 +23,25 @@ from dwcp_selector.errors import (
 )
 from dwcp_selector.link import LinkState, link_from_class
 from dwcp_selector.strategies import Baseline, BaselineStore
-from dwcp_selector.transport import AmstReceiver, AmstSender
+from dwcp_selector.transport import AmstReceiver, AmstSender, PskAuth, PskKeys
 from dwcp_selector.workload import dirty_round, logs_json, vm_memory
 
+from .conftest import insecure
+
 MiB = 1 << 20
+PSK = PskAuth("node-a", bytes(range(32)))
 
 
 @pytest.fixture
 def receiver():  # type: ignore[no-untyped-def]
-    with AmstReceiver(("127.0.0.1", 0), baselines=BaselineStore(), timeout_s=10) as rx:
+    with AmstReceiver(("127.0.0.1", 0), security=PskKeys(PSK), baselines=BaselineStore(), timeout_s=10) as rx:
+        yield rx
+
+
+@pytest.fixture
+def open_receiver():  # type: ignore[no-untyped-def]
+    """A receiver without authentication, for tests that speak the raw protocol to it."""
+    with AmstReceiver(("127.0.0.1", 0), security=insecure(), timeout_s=10) as rx:
         yield rx
 
 
@@ -39,7 +49,7 @@ def receiver():  # type: ignore[no-untyped-def]
 def test_eight_streams_move_and_verify_a_payload(receiver: AmstReceiver, strategy: str) -> None:
     rng = np.random.default_rng(1)
     payload = logs_json(9 * MiB + 123, rng)
-    report = AmstSender(receiver.address).send(payload, strategy, streams=8)
+    report = AmstSender(receiver.address, security=PSK).send(payload, strategy, streams=8)
     got = receiver.wait(report.transfer_id, timeout=30)
     assert bytes(got.data) == payload
     assert report.streams == got.streams == 8 and report.chunks == 10
@@ -53,7 +63,7 @@ def test_hde_transfer_and_receiver_keeps_the_new_version(receiver: AmstReceiver)
     v1 = vm_memory(6 * MiB, rng)
     v2 = dirty_round(v1, rng, dirty_fraction=0.05)
     v3 = dirty_round(v2, rng, dirty_fraction=0.02)
-    sender = AmstSender(receiver.address)
+    sender = AmstSender(receiver.address, security=PSK)
     first = sender.send(v1, "zstd", streams=4, resource_id="vm-42")
     assert bytes(receiver.wait(first.transfer_id, 30).data) == v1
     # the receiver stored v1 as vm-42's latest version: v2 travels as a delta against it
@@ -67,7 +77,7 @@ def test_hde_transfer_and_receiver_keeps_the_new_version(receiver: AmstReceiver)
 def test_receiver_without_the_baseline_refuses_clearly(receiver: AmstReceiver) -> None:
     tid = uuid.uuid4()
     with pytest.raises(BaselineMissingError, match="vm-unknown"):
-        AmstSender(receiver.address).send(
+        AmstSender(receiver.address, security=PSK).send(
             b"new" * 100000,
             "hde",
             streams=2,
@@ -77,7 +87,7 @@ def test_receiver_without_the_baseline_refuses_clearly(receiver: AmstReceiver) -
 
 
 def test_streams_are_sized_from_the_link() -> None:
-    sender = AmstSender(("127.0.0.1", 1))
+    sender = AmstSender(("127.0.0.1", 1), security=PSK)
     assert sender.streams_for(link_from_class("dc")) == 1
     lossy = LinkState(capacity_bps=1e9, rtt_s=0.1, loss=1e-3)
     assert sender.streams_for(lossy) == 64
@@ -140,7 +150,7 @@ def test_a_killed_stream_is_a_clear_error_on_both_sides(receiver: AmstReceiver) 
     tid = uuid.uuid4()
     try:
         with pytest.raises(StreamBrokenError) as sender_err:
-            AmstSender(proxy.address).send(payload, "none", streams=8, transfer_id=tid)
+            AmstSender(proxy.address, security=PSK).send(payload, "none", streams=8, transfer_id=tid)
         assert proxy.killed.is_set()
         with pytest.raises(StreamBrokenError) as receiver_err:
             receiver.wait(tid, timeout=10)
@@ -150,7 +160,7 @@ def test_a_killed_stream_is_a_clear_error_on_both_sides(receiver: AmstReceiver) 
     assert re.search(r"stream \d of 8 failed", msg) and "chunks not received" in msg
     assert "stream" in str(sender_err.value)
     # the receiver is still healthy afterwards
-    ok = AmstSender(receiver.address).send(b"after" * 1000, "lz4", streams=2)
+    ok = AmstSender(receiver.address, security=PSK).send(b"after" * 1000, "lz4", streams=2)
     assert bytes(receiver.wait(ok.transfer_id, 10).data) == b"after" * 1000
 
 
@@ -166,22 +176,22 @@ def test_garbage_peer_is_dropped_and_counted(receiver: AmstReceiver) -> None:
         time.sleep(0.01)
     assert receiver.rejected_connections == 1
     assert "not speaking AMST" in (receiver.last_rejection or "")
-    ok = AmstSender(receiver.address).send(b"x" * 5000, "zstd")
+    ok = AmstSender(receiver.address, security=PSK).send(b"x" * 5000, "zstd")
     assert bytes(receiver.wait(ok.transfer_id, 10).data) == b"x" * 5000
 
 
-def test_garbage_after_a_valid_hello_fails_the_transfer(receiver: AmstReceiver) -> None:
+def test_garbage_after_a_valid_hello_fails_the_transfer(open_receiver: AmstReceiver) -> None:
     from dwcp_selector.transport.protocol import Hello, Manifest, read_result
 
     tid = uuid.uuid4()
     manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
-    with socket.create_connection(receiver.address) as s:
+    with socket.create_connection(open_receiver.address) as s:
         s.sendall(Hello(tid, 0, 1, manifest).pack() + b"\x99garbage")
         s.settimeout(5)
         ok, message = read_result(s)
     assert not ok and "unknown message type" in message
     with pytest.raises(ProtocolError):
-        receiver.wait(tid, timeout=5)
+        open_receiver.wait(tid, timeout=5)
 
 
 def test_sender_facing_a_non_amst_server_fails_clearly() -> None:
@@ -196,39 +206,43 @@ def test_sender_facing_a_non_amst_server_fails_clearly() -> None:
     threading.Thread(target=answer, daemon=True).start()
     try:
         with pytest.raises(TransportError):
-            AmstSender(server.getsockname()[:2], timeout_s=5).send(b"y" * 100, "none")
+            AmstSender(server.getsockname()[:2], security=PSK, timeout_s=5).send(b"y" * 100, "none")
     finally:
         server.close()
 
 
-def test_missing_stream_times_out(receiver: AmstReceiver) -> None:
+def test_missing_stream_times_out(open_receiver: AmstReceiver) -> None:
     from dwcp_selector.transport.protocol import Hello, Manifest
 
-    receiver.timeout_s = 0.5
+    open_receiver.timeout_s = 0.5
     tid = uuid.uuid4()
-    manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
-    with socket.create_connection(receiver.address) as s:
+    manifest = Manifest(
+        payload_length=MiB + 10, chunk_size=MiB, chunk_count=2, strategy_id=0, payload_checksum=0
+    )
+    with socket.create_connection(open_receiver.address) as s:
         s.sendall(Hello(tid, 0, 2, manifest).pack())  # announces 2 streams, opens 1
         with pytest.raises(TransferTimeoutError, match="never connected"):
-            receiver.wait(tid, timeout=10)
+            open_receiver.wait(tid, timeout=10)
 
 
-def test_a_stream_timing_out_names_the_stream_that_never_came(receiver: AmstReceiver) -> None:
+def test_a_stream_timing_out_names_the_stream_that_never_came(open_receiver: AmstReceiver) -> None:
     # The connected stream's read timeout and the connect watchdog have the same length; whichever fires
     # first, the error names the missing stream. Here the watchdog is stopped, so the read timeout decides.
     from dwcp_selector.transport.protocol import Hello, Manifest
 
-    receiver.timeout_s = 0.5
+    open_receiver.timeout_s = 0.5
     tid = uuid.uuid4()
-    manifest = Manifest(payload_length=10, chunk_size=MiB, chunk_count=1, strategy_id=0, payload_checksum=0)
-    with socket.create_connection(receiver.address) as s:
+    manifest = Manifest(
+        payload_length=MiB + 10, chunk_size=MiB, chunk_count=2, strategy_id=0, payload_checksum=0
+    )
+    with socket.create_connection(open_receiver.address) as s:
         s.sendall(Hello(tid, 0, 2, manifest).pack())
         deadline = time.monotonic() + 5
-        while tid not in receiver._active and time.monotonic() < deadline:
+        while tid not in open_receiver._active and time.monotonic() < deadline:
             time.sleep(0.005)
-        receiver._active[tid].timer.cancel()
+        open_receiver._active[tid].timers[0].cancel()
         with pytest.raises(TransferTimeoutError, match=r"streams \[1\] never connected \(stream 0: "):
-            receiver.wait(tid, timeout=10)
+            open_receiver.wait(tid, timeout=10)
 
 
 def test_nothing_listening_is_a_transport_error() -> None:
@@ -236,7 +250,7 @@ def test_nothing_listening_is_a_transport_error() -> None:
     address = s.getsockname()[:2]
     s.close()
     with pytest.raises(TransportError, match="cannot open stream"):
-        AmstSender(address, timeout_s=2).send(b"z", "none")
+        AmstSender(address, security=PSK, timeout_s=2).send(b"z", "none")
 
 
 def test_all_errors_are_dwcp_errors() -> None:
@@ -246,8 +260,8 @@ def test_all_errors_are_dwcp_errors() -> None:
 @pytest.mark.slow
 def test_one_gibibyte_over_eight_streams() -> None:
     payload = np.random.default_rng(0).integers(0, 256, size=1 << 30, dtype=np.uint8).tobytes()
-    with AmstReceiver(("127.0.0.1", 0), max_payload=2 << 30) as rx:
-        report = AmstSender(rx.address).send(payload, "none", streams=8)
+    with AmstReceiver(("127.0.0.1", 0), security=PskKeys(PSK), max_payload=2 << 30) as rx:
+        report = AmstSender(rx.address, security=PSK).send(payload, "none", streams=8)
         got = rx.wait(report.transfer_id, timeout=120)
         assert got.data == payload
 
@@ -275,8 +289,8 @@ def test_send_parts_survives_partial_sends() -> None:
 
 
 def test_uncollected_results_are_bounded() -> None:
-    with AmstReceiver(("127.0.0.1", 0), retain_bytes=3 * MiB) as rx:
-        sender = AmstSender(rx.address)
+    with AmstReceiver(("127.0.0.1", 0), security=PskKeys(PSK), retain_bytes=3 * MiB) as rx:
+        sender = AmstSender(rx.address, security=PSK)
         ids = [sender.send(os.urandom(2 * MiB), "none", streams=2).transfer_id for _ in range(3)]
         assert rx.dropped_results == 2
         assert len(rx.wait(ids[-1], timeout=5).data) == 2 * MiB

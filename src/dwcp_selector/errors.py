@@ -21,7 +21,9 @@ answers with, so library, CLI and HTTP share one mapping::
     ├── TransportError                502  AMST transfer failures
     │   ├── ProtocolError                   the peer sent something that is not AMST
     │   ├── StreamBrokenError               a stream closed or failed before its chunks were delivered
-    │   └── TransferTimeoutError            the peer stopped answering
+    │   ├── TransferTimeoutError            the peer stopped answering
+    │   ├── AuthenticationError       403  the peer did not prove its key or certificate
+    │   └── CapacityError             503  the receiver is at a connection, transfer or memory limit
     ├── StoreError                    500  a telemetry store refused an operation
     │   └── StoreUnavailableError     503  the store's server cannot be reached (collectors spill)
     └── ArtifactError                 409  a model directory that is missing, tampered or mismatched
@@ -31,9 +33,11 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
+    "AuthenticationError",
     "BaselineError",
     "BaselineMismatchError",
     "BaselineMissingError",
+    "CapacityError",
     "ConfigError",
     "ContextMissingError",
     "CorruptFrameError",
@@ -134,6 +138,19 @@ class StreamBrokenError(TransportError):
 
 class TransferTimeoutError(TransportError):
     """The peer stopped sending or answering within the configured timeout."""
+
+
+class AuthenticationError(TransportError):
+    """The peer did not prove the pre-shared key or certificate the other side requires, or a message
+    failed its MAC: nothing it sent reached a decoder or a baseline store."""
+
+    http_status = 403
+
+
+class CapacityError(TransportError):
+    """The receiver refused work beyond its configured limits (connections, transfers, memory budget)."""
+
+    http_status = 503
 
 
 class StoreError(DwcpError):

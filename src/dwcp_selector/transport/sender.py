@@ -7,13 +7,19 @@ cores (the codecs release the GIL). Encoding is chunk-parallel for every strateg
 context reads the payload bytes before it, which the sender has. The send is complete only when the
 receiver answers that it reassembled and verified the payload; otherwise :meth:`AmstSender.send` raises
 the receiver's error, or the local stream failure, naming what did not arrive.
+
+``security`` says how the sender proves itself (:mod:`.security`): with a pre-shared key every message
+carries a MAC and the receiver's answer must carry one too, so an ok that is not the receiver's is never
+believed; with TLS every stream runs inside TLS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -24,11 +30,30 @@ import xxhash
 from .. import errors as _errors
 from .._types import BytesLike
 from ..costmodel import DEFAULT_CHUNK_SIZE, CostModel
-from ..errors import DwcpError, StreamBrokenError, TransferTimeoutError, TransportError
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    DwcpError,
+    StreamBrokenError,
+    TransferTimeoutError,
+    TransportError,
+)
 from ..link import LinkState
 from ..strategies import Baseline, ChunkContext, Registry, default_registry
 from ..strategies.base import as_view
-from .protocol import CHUNK_HEADER, END, MSG_CHUNK, MSG_END, Hello, Manifest, read_result
+from .protocol import (
+    AUTH_NONE,
+    AUTH_PSK,
+    CHUNK_HEADER,
+    END,
+    MSG_CHUNK,
+    MSG_END,
+    Hello,
+    Manifest,
+    clock_ms,
+    read_result,
+)
+from .security import Insecure, MessageAuth, PskAuth, SenderSecurity, TlsAuth, hello_tag
 
 __all__ = ["AmstSender", "SendReport"]
 
@@ -52,6 +77,10 @@ class SendReport:
 
 def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
     """Send every byte of ``parts`` without joining them (one sendmsg may send only part: loop)."""
+    if isinstance(sock, ssl.SSLSocket):  # TLS records are built from each write; no sendmsg
+        for part in parts:
+            sock.sendall(part)
+        return
     views = [memoryview(p) for p in parts if len(p)]
     while views:
         sent = sock.sendmsg(views)
@@ -82,12 +111,34 @@ class AmstSender:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout_s: float = 30.0,
         cost_model: CostModel | None = None,
+        security: SenderSecurity | None = None,
     ) -> None:
+        if security is None:
+            raise ConfigError(
+                "AmstSender needs security=: PskAuth (a pre-shared key), TlsAuth (TLS), "
+                "or Insecure() to send without authentication"
+            )
+        if not isinstance(security, PskAuth | TlsAuth | Insecure):
+            raise ConfigError(f"AmstSender security must be PskAuth, TlsAuth or Insecure, not {security!r}")
+        self.security = security
         self.address = address
         self.registry = registry or default_registry()
         self.chunk_size = chunk_size
         self.timeout_s = timeout_s
         self.cost_model = cost_model or CostModel()
+
+    def _secure(self, sock: socket.socket, index: int) -> socket.socket:
+        """The stream's socket, inside TLS when the sender uses TLS."""
+        if not isinstance(self.security, TlsAuth):
+            return sock
+        try:
+            return self.security.context.wrap_socket(sock, server_hostname=self.security.server_hostname)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            sock.close()
+            raise AuthenticationError(f"TLS handshake on stream {index} failed: {exc}") from exc
+        except OSError as exc:
+            sock.close()
+            raise StreamBrokenError(f"TLS handshake on stream {index} failed: {exc}") from exc
 
     def streams_for(self, link: LinkState) -> int:
         return self.cost_model.streams(link)
@@ -140,18 +191,36 @@ class AmstSender:
                 except OSError as exc:
                     raise TransportError(f"cannot open stream {i} to {self.address}: {exc}") from exc
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                socks.append(sock)
+                socks.append(self._secure(sock, i))
             plan = encoder.plan(view, baseline)
             next_index = itertools.count()
             lock = threading.Lock()
             failures: dict[int, BaseException] = {}
             wire = [0] * n
+            psk = self.security if isinstance(self.security, PskAuth) else None
+            nonce = os.urandom(16)
+            auths = [
+                MessageAuth(psk.key, nonce, transfer_id.bytes, i, sender=True) if psk is not None else None
+                for i in range(n)
+            ]
 
             def run(i: int) -> None:
                 sock = socks[i]
+                auth = auths[i]
                 sent = 0
                 try:
-                    sock.sendall(Hello(transfer_id, i, n, manifest).pack())
+                    hello = Hello(
+                        transfer_id,
+                        i,
+                        n,
+                        manifest,
+                        auth=AUTH_PSK if psk is not None else AUTH_NONE,
+                        clock_ms=clock_ms(),
+                        nonce=nonce,
+                        key_id=psk.key_id if psk is not None else "",
+                    )
+                    unsigned = hello.pack_unsigned()
+                    sock.sendall(unsigned + (hello_tag(psk.key, unsigned) if psk is not None else b""))
                     while True:
                         with lock:
                             index = next(next_index)
@@ -168,10 +237,13 @@ class AmstSender:
                         frame = encoder.encode(
                             view[start : start + self.chunk_size], baseline=baseline, context=context
                         )
-                        send_parts(sock, [CHUNK_HEADER.pack(MSG_CHUNK, index, len(frame)), frame])
-                        wire[i] += CHUNK_HEADER.size + len(frame)
+                        head = CHUNK_HEADER.pack(MSG_CHUNK, index, len(frame))
+                        parts = [head, frame] if auth is None else [head, frame, auth.seal(head, frame)]
+                        send_parts(sock, parts)
+                        wire[i] += sum(len(p) for p in parts)
                         sent += 1
-                    sock.sendall(END.pack(MSG_END, sent))
+                    end = END.pack(MSG_END, sent)
+                    sock.sendall(end if auth is None else end + auth.seal(end))
                 except BaseException as exc:  # recorded and reported below, never lost
                     failures[i] = exc
                     with contextlib.suppress(OSError):
@@ -185,7 +257,9 @@ class AmstSender:
             result: tuple[bool, str] | None = None
             result_error: DwcpError | None = None
             try:
-                result = read_result(socks[0])
+                result = read_result(socks[0], auths[0])
+            except AuthenticationError:
+                raise
             except DwcpError as exc:
                 result_error = exc
             if result is not None and not result[0]:
