@@ -655,9 +655,9 @@ def _worker_main(role: str) -> int:
             last["connected"] = time.perf_counter()
             return s
 
-        def read_result(sock: socket.socket) -> tuple[bool, str]:
+        def read_result(sock: socket.socket, auth: Any = None) -> tuple[bool, str]:
             last["result_wait_start"] = time.perf_counter()
-            r: tuple[bool, str] = real_read_result(sock)
+            r: tuple[bool, str] = real_read_result(sock, auth)
             last["result_read"] = time.perf_counter()
             return r
 
@@ -676,9 +676,9 @@ def _worker_main(role: str) -> int:
                 "finish_end": time.perf_counter(),
             }
 
-        def pack_result(ok: bool, message: str = "") -> bytes:
+        def pack_result(status: int, message: str = "", auth: Any = None) -> bytes:
             last["result_packed"] = time.perf_counter()
-            packed: bytes = real_pack_result(ok, message)
+            packed: bytes = real_pack_result(status, message, auth)
             return packed
 
         receiver_mod._Transfer.finish = finish  # type: ignore[method-assign]
