@@ -1,9 +1,16 @@
 """The encoder interface every strategy implements, and the registry that names them.
 
 An :class:`Encoder` turns bytes into one self-describing frame (``frame.py``) and back. Subclasses write
-only the body: :meth:`Encoder._encode_body` and :meth:`Encoder._decode_body`. Framing, checksums, the
-declared-length bound, the context a frame depends on and the output checks live here once, so every
-strategy is held to the same contract by the conformance suite (``tests/test_conformance.py``).
+only the body: :meth:`Encoder._encode_body` and :meth:`Encoder._decode_into` (plus, optionally, a faster
+:meth:`Encoder._decode_new`). Framing, checksums, the declared-length bound, the context a frame depends
+on and the output checks live here once, so every strategy is held to the same contract by the
+conformance suite (``tests/test_conformance.py``).
+
+Decoding writes the declared number of bytes once, into one buffer: a fresh ``bytearray``
+(:meth:`Encoder.decode_parsed`) or the caller's (:meth:`Encoder.decode_parsed_into`, where a payload or
+a transfer is assembled), so a decoder's memory is the declared length plus a bounded working set (a
+zstd window of at most ``window_log_limit``, a prefix of at most one HDE segment), never a second copy
+of the output (``tests/test_limits.py`` measures it).
 
 A strategy whose chunks see the payload's preceding bytes (``uses_context``) encodes chunks in parallel
 (the whole payload is at hand) but decodes them in order: each frame names how many preceding bytes it
@@ -120,7 +127,7 @@ class Encoder(abc.ABC):
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
         history: BytesLike | None = None,
-    ) -> bytes:
+    ) -> bytearray:
         """Decode one frame of this strategy, verifying its length and checksum.
 
         ``history`` holds the payload bytes before this chunk (at least as many as the frame's context
@@ -139,43 +146,89 @@ class Encoder(abc.ABC):
         body: memoryview,
         baseline: BaselineSource | None,
         history: BytesLike | None = None,
-    ) -> bytes:
-        """Decode an already parsed frame (the registry and the transport parse once)."""
-        need = header.context_length
-        if need and not self.uses_context:
-            raise CorruptFrameError(f"{self.name} frame claims a context, which {self.name} never uses")
-        if need:
-            have = 0 if history is None else len(history)
-            if have < need:
-                raise ContextMissingError(
-                    f"{self.name} frame depends on the {need} payload bytes before it, {have} were supplied: "
-                    "decode the chunks of a payload in order"
-                )
-            assert history is not None
-            context = as_view(history)[have - need :]
-        else:
-            context = memoryview(b"")
-        out = self._decode_body(header, body, baseline, context)
+    ) -> bytearray:
+        """Decode an already parsed frame (the registry and the transport parse once) into a new buffer."""
+        context = self._context(header, history)
+        out = self._decode_new(header, body, baseline, context)
         if len(out) != header.original_length:
             raise CorruptFrameError(
                 f"{self.name} frame decoded to {len(out)} bytes, header declares {header.original_length}"
             )
+        self._verify(header, out)
+        return out
+
+    def decode_parsed_into(
+        self,
+        header: FrameHeader,
+        body: memoryview,
+        baseline: BaselineSource | None,
+        out: memoryview | bytearray,
+        history: BytesLike | None = None,
+    ) -> None:
+        """Decode an already parsed frame into ``out``, which holds exactly its declared length.
+
+        ``out`` is where the bytes belong (a chunk's place in the payload being assembled), so nothing is
+        copied after decoding; ``history`` may be a view of the bytes just before it. If this raises,
+        ``out`` holds bytes that must not be used.
+        """
+        view = out if isinstance(out, memoryview) else memoryview(out)
+        if view.readonly or view.format != "B" or view.ndim != 1:
+            raise TypeError("decode_parsed_into needs a writable flat byte buffer")
+        if len(view) != header.original_length:
+            raise CorruptFrameError(
+                f"{self.name} frame declares {header.original_length} bytes, its place holds {len(view)}"
+            )
+        context = self._context(header, history)
+        self._decode_into(header, body, baseline, context, view)
+        self._verify(header, view)
+
+    def _context(self, header: FrameHeader, history: BytesLike | None) -> memoryview:
+        """Exactly the frame's context length of payload bytes before the chunk, or the refusal."""
+        need = header.context_length
+        if need and not self.uses_context:
+            raise CorruptFrameError(f"{self.name} frame claims a context, which {self.name} never uses")
+        if not need:
+            return memoryview(b"")
+        have = 0 if history is None else len(history)
+        if have < need:
+            raise ContextMissingError(
+                f"{self.name} frame depends on the {need} payload bytes before it, {have} were supplied: "
+                "decode the chunks of a payload in order"
+            )
+        assert history is not None
+        return as_view(history)[have - need :]
+
+    def _verify(self, header: FrameHeader, out: BytesLike) -> None:
         if checksum(header.checksum_algo, out) != header.checksum:
             raise CorruptFrameError(
                 f"{self.name} frame checksum mismatch: the decoded bytes are not the original"
             )
-        return out
 
     @abc.abstractmethod
     def _encode_body(self, data: memoryview, baseline: Baseline | None, context: ChunkContext) -> Body:
         """Return (variant, extension, body, context length) for ``data``."""
 
     @abc.abstractmethod
-    def _decode_body(
+    def _decode_into(
+        self,
+        header: FrameHeader,
+        body: memoryview,
+        baseline: BaselineSource | None,
+        context: memoryview,
+        out: memoryview,
+    ) -> None:
+        """Write the original bytes into ``out`` (exactly ``header.original_length`` bytes, every one of
+        them: ``out`` may hold anything before), or raise a typed error; ``context`` is exactly the frame's
+        context length of preceding payload bytes. The caller checks the checksum."""
+
+    def _decode_new(
         self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
-    ) -> bytes:
-        """Return the original bytes; ``context`` is exactly the frame's context length of preceding
-        payload bytes. The caller checks length and checksum."""
+    ) -> bytearray:
+        """The original bytes in a new buffer that :meth:`_decode_into` fills; codecs whose library
+        allocates the output itself, or that check a frame before allocating, override this."""
+        out = bytearray(header.original_length)
+        self._decode_into(header, body, baseline, context, memoryview(out))
+        return out
 
 
 class Registry:
@@ -229,7 +282,7 @@ class Registry:
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
         history: BytesLike | None = None,
-    ) -> bytes:
+    ) -> bytearray:
         """Decode a frame of any registered strategy."""
         header, body = parse_frame(frame, max_original_length=max_output)
         return self.by_id(header.strategy_id).decode_parsed(header, body, baseline, history)

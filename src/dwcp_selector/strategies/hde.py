@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._types import BytesLike
-from ..errors import BaselineMissingError, ConfigError, CorruptFrameError
+from ..errors import BaselineMissingError, ConfigError, CorruptFrameError, FrameLimitError
 from ._zstd import CompressionParameter, Strategy
 from .anchors import AnchorIndex, locate
 from .base import Body, ChunkContext, Encoder
@@ -47,15 +47,20 @@ from .checksum import ChecksumAlgo
 from .frame import MAX_CONTEXT_LENGTH, FrameHeader, Reader, varint
 from .zstdcodec import (
     MIN_PREFIX,
+    ZSTD_BLOCK_MAX,
+    DictArg,
     raw_prefix,
     window_log_for,
+    window_log_limit,
     zstd_compress_with_prefix,
-    zstd_decompress_bounded,
+    zstd_decompress_into,
 )
 
 __all__ = [
     "DEFAULT_HDE_CONTEXT",
+    "MAX_REGION_WINDOW",
     "PAGE_SIZE",
+    "SEGMENT_PAGES",
     "TIER3_MARGIN",
     "HdeEncoder",
     "HdePlan",
@@ -96,6 +101,13 @@ PAGES_LEVEL = 3
 DEFAULT_HDE_CONTEXT = 256 << 10
 #: Whole payloads up to this size get the stronger parser (see ``_zstd_options``).
 SMALL_DELTA_MAX = 1 << 20
+#: Pages per segment: a pages frame codes at most this many changed pages in one zstd frame, a region
+#: frame of a chunk above this many pages codes every segment on its own. A decoder's prefix and zstd
+#: window then stay within one segment (1 MiB) plus one baseline window, whatever the chunk size.
+SEGMENT_PAGES = 256
+SEGMENT_BYTES = SEGMENT_PAGES * PAGE_SIZE
+#: Largest baseline window a region frame (or segment) may reference; decoders refuse larger ones.
+MAX_REGION_WINDOW = 8 << 20
 _U64 = struct.Struct("<Q")
 _SET_BITMAP = 0
 _SET_GAPS = 1
@@ -103,10 +115,16 @@ _SET_ALL = 2
 
 
 class Tier:
-    """Frame variants of HDE (the tier numbers of the design)."""
+    """Frame variants of HDE (1 and 3 are the tier numbers of the design; 2 and 4 the same tiers coded
+    in segments of ``SEGMENT_PAGES`` pages, for chunks above 1 MiB)."""
 
     PAGES = 1  # tiers 1 + 2: changed-page set, changed pages coded against their old pages
+    PAGES_SEGMENTED = 2  # the same, one zstd frame per segment holding changed pages
     SHIFTED = 3  # tier 3: changed pages coded against a baseline window and the payload before
+    SHIFTED_SEGMENTED = 4  # the same, every segment with its own window and history
+
+
+_VARIANTS = (Tier.PAGES, Tier.PAGES_SEGMENTED, Tier.SHIFTED, Tier.SHIFTED_SEGMENTED)
 
 
 class _Anchors:
@@ -274,26 +292,62 @@ class HdeEncoder(Encoder):
             # throughout (shifted archives of compressed members) may well be in the baseline
             and not (2 * rewritten < npages and _incompressible(new_pages[is_rewritten]))
         )
-        content = new_pages.tobytes()
+        limit = window_log_limit(n)
+        ext = self._ext(baseline, page_ref, 0, 0)
         if not region:
-            options = self._zstd_options(PAGES_LEVEL, 2 * len(content), small)
-            body = zstd_compress_with_prefix(content, old_pages.tobytes(), options)
-            return Tier.PAGES, self._ext(baseline, page_ref, 0, 0), page_set + body, 0
+            if idx.size <= SEGMENT_PAGES:
+                content = new_pages.tobytes()
+                options = self._zstd_options(PAGES_LEVEL, 2 * len(content), small, limit)
+                body = zstd_compress_with_prefix(content, old_pages.tobytes(), options)
+                return Tier.PAGES, ext, page_set + body, 0
+            parts = [page_set]
+            for sel in _segments(idx):
+                content = new_pages[sel].tobytes()
+                options = self._zstd_options(PAGES_LEVEL, 2 * len(content), False, limit)
+                zframe = zstd_compress_with_prefix(content, old_pages[sel].tobytes(), options)
+                parts += [varint(len(zframe)), zframe]
+            return Tier.PAGES_SEGMENTED, ext, b"".join(parts), 0
         anchors = context.plan.anchors if isinstance(context.plan, HdePlan) else None
-        lo, hi = self._window(data, offset, total, baseline, anchors)
-        history = context.history(self.context_bytes)
-        prefix = b"".join((baseline.data[lo:hi], history))
-        options = self._zstd_options(TIER3_LEVEL, len(prefix) + len(content), True)
+        if npages <= SEGMENT_PAGES:
+            lo, hi = self._window(data, offset, total, baseline, anchors)
+            history = context.history(self.context_bytes)
+            zframe, used = self._region(new_pages.tobytes(), baseline, lo, hi, history, limit)
+            return Tier.SHIFTED, self._ext(baseline, page_ref, lo, hi), page_set + zframe, used
+        # A large chunk: every segment of SEGMENT_PAGES pages is coded as a chunk of that size would be
+        # (its own window, the payload bytes before it as history), so decoding keeps one segment's
+        # prefix, never the whole chunk's.
+        parts, context_used = [page_set], 0
+        for sel in _segments(idx):
+            start = int(idx[sel.start]) // SEGMENT_PAGES * SEGMENT_BYTES
+            segment = data[start : start + SEGMENT_BYTES]
+            lo, hi = self._window(segment, offset + start, total, baseline, anchors)
+            before = context.history(self.context_bytes - start)
+            inside = data[max(0, start - self.context_bytes) : start]
+            seg_history = b"".join((before, inside))
+            zframe, used = self._region(new_pages[sel].tobytes(), baseline, lo, hi, seg_history, limit)
+            if used:
+                context_used = max(context_used, len(before))
+            parts += [varint(lo), varint(hi - lo), varint(used), varint(len(zframe)), zframe]
+        return Tier.SHIFTED_SEGMENTED, ext, b"".join(parts), context_used
+
+    def _region(
+        self, content: bytes, baseline: Baseline, lo: int, hi: int, history: BytesLike, limit: int
+    ) -> tuple[bytes, int]:
+        """A region frame's zstd frame of ``content`` against the baseline window and ``history``; and
+        how many history bytes it used (none when the prefix is too short for zstd)."""
+        prefix = b"".join((memoryview(baseline.data)[lo:hi], history))
+        options = self._zstd_options(TIER3_LEVEL, len(prefix) + len(content), True, limit)
         options[CompressionParameter.enable_long_distance_matching] = 1
-        body = zstd_compress_with_prefix(content, prefix, options)
-        used = len(history) if len(prefix) >= MIN_PREFIX else 0
-        return Tier.SHIFTED, self._ext(baseline, page_ref, lo, hi), page_set + body, used
+        zframe = zstd_compress_with_prefix(content, prefix, options)
+        return zframe, len(history) if len(prefix) >= MIN_PREFIX else 0
 
     @staticmethod
-    def _zstd_options(level: int, span: int, strong: bool) -> dict[int, int]:
+    def _zstd_options(level: int, span: int, strong: bool, limit: int) -> dict[int, int]:
         options: dict[int, int] = {
             CompressionParameter.compression_level: level,
-            CompressionParameter.window_log: window_log_for(span, floor=10),
+            # (a window below the prefix loses nothing: zstd keeps the whole prefix reachable over the
+            # first window of content, and a segment is far shorter than the smallest limit)
+            CompressionParameter.window_log: min(window_log_for(span, floor=10), limit),
         }
         if strong:
             # Deltas against a large prefix: loading the prefix dominates the time and the delta is small,
@@ -312,7 +366,19 @@ class HdeEncoder(Encoder):
         self, data: memoryview, offset: int, total: int, baseline: Baseline, anchors: _Anchors | None
     ) -> tuple[int, int]:
         """The baseline bytes a tier-3 chunk is coded against: all of a small baseline; of a large one,
-        where the chunk's anchors say its content is, else around its proportionally mapped position."""
+        where the chunk's anchors say its content is, else around its proportionally mapped position;
+        never more than ``MAX_REGION_WINDOW`` bytes (around that position), which decoders refuse."""
+        lo, hi = self._find_window(data, offset, total, baseline, anchors)
+        if hi - lo <= MAX_REGION_WINDOW:
+            return lo, hi
+        size = len(baseline)
+        centre = (offset + len(data) // 2) * size // max(total, 1)
+        lo = max(0, min(size - MAX_REGION_WINDOW, centre - MAX_REGION_WINDOW // 2))
+        return lo, lo + MAX_REGION_WINDOW
+
+    def _find_window(
+        self, data: memoryview, offset: int, total: int, baseline: Baseline, anchors: _Anchors | None
+    ) -> tuple[int, int]:
         size, n = len(baseline), len(data)
         if size < MIN_PREFIX or total <= 0:
             return 0, 0
@@ -363,39 +429,195 @@ class HdeEncoder(Encoder):
             raise CorruptFrameError("hde frame references a window shorter than zstd allows")
         return bid, checksum, length, page_ref, lo, hi
 
-    def _decode_body(
-        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
-    ) -> bytes:
+    def _check_reference(
+        self, header: FrameHeader, context: memoryview, baseline: BaselineSource | None
+    ) -> tuple[Baseline, int, int, int]:
+        """The frame's baseline (looked up), page offset and window, after every check that needs neither
+        the body nor any output."""
         bid, checksum, length, page_ref, lo, hi = self.describe_reference(header)
-        if header.variant not in (Tier.PAGES, Tier.SHIFTED):
-            raise CorruptFrameError(f"hde frame has unknown variant {header.variant}")
-        if header.variant == Tier.PAGES and (hi > lo or len(context)):
+        variant = header.variant
+        if variant not in _VARIANTS:
+            raise CorruptFrameError(f"hde frame has unknown variant {variant}")
+        if variant in (Tier.PAGES, Tier.PAGES_SEGMENTED) and (hi > lo or len(context)):
             raise CorruptFrameError("hde pages frame claims a window or a context")
+        if variant == Tier.SHIFTED_SEGMENTED and hi > lo:
+            raise CorruptFrameError("hde segmented region frame names a window for the whole chunk")
+        if hi - lo > MAX_REGION_WINDOW:
+            raise FrameLimitError(
+                f"hde frame references a {hi - lo}-byte baseline window (limit {MAX_REGION_WINDOW})"
+            )
         if baseline is None:
             raise BaselineMissingError(
                 f"frame was encoded against baseline {bid!r} ({length} bytes, xxh3 {checksum:016x}); "
                 "supply it to decode"
             )
-        base = baseline.lookup(bid, checksum, length)
-        n = header.original_length
-        npages = -(-n // PAGE_SIZE)
+        return baseline.lookup(bid, checksum, length), page_ref, lo, hi
+
+    def _plan_decode(
+        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
+    ) -> tuple[Baseline, int, int, int, npt.NDArray[np.intp], Reader]:
+        base, page_ref, lo, hi = self._check_reference(header, context, baseline)
+        npages = -(-header.original_length // PAGE_SIZE)
         r = Reader(body, "hde body")
-        changed = _read_page_set(r, npages)
-        old = _pages_view(memoryview(base.data)[page_ref : min(page_ref + n, length)], npages)
-        idx = np.flatnonzero(changed)
+        idx = np.flatnonzero(_read_page_set(r, npages))
         if idx.size == 0:
             if r.remaining:
                 raise CorruptFrameError("hde frame with no changed page has a body after its page set")
-            return old.view(np.uint8).reshape(-1)[:n].tobytes()
-        if header.variant == Tier.PAGES:
-            prefix: object | None = raw_prefix(old[idx].tobytes())
-        else:
-            prefix = raw_prefix(b"".join((base.data[lo:hi], context)))
-        raw = zstd_decompress_bounded(
-            r.take(r.remaining), int(idx.size) * PAGE_SIZE, zstd_dict=prefix, what="hde pages"
-        )
-        if len(raw) != idx.size * PAGE_SIZE:
-            raise CorruptFrameError(f"hde body holds {len(raw)} page bytes for {idx.size} changed pages")
-        out = old.copy()
-        out[idx] = np.frombuffer(raw, dtype=np.uint64).reshape(idx.size, _WORDS)
-        return out.view(np.uint8).reshape(-1)[:n].tobytes()
+        elif idx.size > SEGMENT_PAGES and header.variant in (Tier.PAGES, Tier.SHIFTED):
+            raise FrameLimitError(
+                f"hde frame codes {idx.size} changed pages in one zstd frame (limit {SEGMENT_PAGES}: "
+                "larger chunks are coded in segments)"
+            )
+        elif idx.size * PAGE_SIZE > (r.remaining // 3) * ZSTD_BLOCK_MAX:
+            # (zstd restores at most 128 KiB per 3-byte block header: refused before any prefix is built)
+            raise CorruptFrameError(
+                f"hde body of {r.remaining} bytes cannot hold the {idx.size} changed pages it lists"
+            )
+        return base, page_ref, lo, hi, idx, r
+
+    def _decode_new(
+        self, header: FrameHeader, body: memoryview, baseline: BaselineSource | None, context: memoryview
+    ) -> bytearray:
+        plan = self._plan_decode(header, body, baseline, context)  # every check before the allocation
+        out = bytearray(header.original_length)
+        self._fill(header, context, memoryview(out), *plan, fresh=True)
+        return out
+
+    def _decode_into(
+        self,
+        header: FrameHeader,
+        body: memoryview,
+        baseline: BaselineSource | None,
+        context: memoryview,
+        out: memoryview,
+    ) -> None:
+        plan = self._plan_decode(header, body, baseline, context)
+        self._fill(header, context, out, *plan, fresh=False)
+
+    def _fill(
+        self,
+        header: FrameHeader,
+        context: memoryview,
+        out: memoryview,
+        base: Baseline,
+        page_ref: int,
+        lo: int,
+        hi: int,
+        idx: npt.NDArray[np.intp],
+        r: Reader,
+        *,
+        fresh: bool,
+    ) -> None:
+        """Write the chunk into ``out``: the baseline's pages at the page offset (zeros past its end), then
+        every changed page's new content, decoded straight into its place one segment at a time."""
+        n = header.original_length
+        have = max(0, min(n, len(base) - page_ref))
+        out[:have] = memoryview(base.data)[page_ref : page_ref + have]
+        if have < n and not fresh:
+            np.frombuffer(out, dtype=np.uint8)[have:] = 0
+        if idx.size == 0:
+            return
+        limit = window_log_limit(n)
+        variant = header.variant
+        segmented = variant in (Tier.PAGES_SEGMENTED, Tier.SHIFTED_SEGMENTED)
+        segments = _segments(idx) if segmented else [slice(0, int(idx.size))]
+        # every segment's fields are read (and checked) before the first is decoded
+        records = [_segment_record(r, variant, len(base), idx, sel, len(context)) for sel in segments]
+        scratch = memoryview(bytearray(min(int(idx.size), SEGMENT_PAGES) * PAGE_SIZE))
+        for sel, (seg_lo, seg_hi, used, zframe) in zip(segments, records, strict=True):
+            pages = idx[sel]
+            prefix: BytesLike
+            if variant in (Tier.PAGES, Tier.PAGES_SEGMENTED):
+                prefix = _gather(out, pages, n)
+            elif variant == Tier.SHIFTED:
+                prefix = b"".join((memoryview(base.data)[lo:hi], context))
+            else:
+                start = int(pages[0]) // SEGMENT_PAGES * SEGMENT_BYTES
+                inside = min(used, start)
+                before = context[len(context) - (used - inside) :] if used > inside else b""
+                prefix = b"".join((memoryview(base.data)[seg_lo:seg_hi], before, out[start - inside : start]))
+            _decode_pages(zframe, raw_prefix(prefix), out, pages, n, limit, scratch)
+            del prefix
+        if r.remaining:
+            raise CorruptFrameError(f"hde body has {r.remaining} bytes after its last segment")
+
+
+def _segment_record(
+    r: Reader, variant: int, base_length: int, idx: npt.NDArray[np.intp], sel: slice, context: int
+) -> tuple[int, int, int, memoryview]:
+    """A segment's fields (a region segment's window and history length) and its zstd frame; an
+    unsegmented frame's zstd frame is the rest of the body."""
+    if variant in (Tier.PAGES, Tier.SHIFTED):
+        return 0, 0, 0, r.take(r.remaining)
+    lo = hi = used = 0
+    if variant == Tier.SHIFTED_SEGMENTED:
+        lo = r.varint()
+        width = r.varint()
+        used = r.varint()
+        hi = lo + width
+        if hi > base_length:
+            raise CorruptFrameError(
+                f"hde segment window {lo}..{hi} is outside the {base_length}-byte baseline"
+            )
+        if width > MAX_REGION_WINDOW:
+            raise FrameLimitError(
+                f"hde segment references a {width}-byte baseline window (limit {MAX_REGION_WINDOW})"
+            )
+        if 0 < width < MIN_PREFIX:
+            raise CorruptFrameError("hde segment references a window shorter than zstd allows")
+        start = int(idx[sel.start]) // SEGMENT_PAGES * SEGMENT_BYTES
+        if used > MAX_CONTEXT_LENGTH:
+            raise FrameLimitError(f"hde segment uses {used} bytes of history (limit {MAX_CONTEXT_LENGTH})")
+        if used > start + context:
+            raise CorruptFrameError(
+                f"hde segment at byte {start} uses {used} bytes of history, more than the frame has"
+            )
+    return lo, hi, used, r.take(r.varint())
+
+
+def _segments(idx: npt.NDArray[np.intp]) -> list[slice]:
+    """Runs of ``idx`` (sorted changed pages) that fall in the same segment of ``SEGMENT_PAGES`` pages."""
+    seg = idx // SEGMENT_PAGES
+    cuts = (np.flatnonzero(np.diff(seg)) + 1).tolist()
+    return [slice(a, b) for a, b in zip([0, *cuts], [*cuts, int(idx.size)], strict=True)]
+
+
+def _gather(out: memoryview, pages: npt.NDArray[np.intp], n: int) -> bytearray:
+    """The old versions of ``pages`` (in ``out`` before their new content replaces them), concatenated,
+    zero-padded to whole pages: the prefix of a pages frame's segment."""
+    whole = n // PAGE_SIZE
+    buf = bytearray(len(pages) * PAGE_SIZE)
+    dst = np.frombuffer(buf, dtype=np.uint8).reshape(len(pages), PAGE_SIZE)
+    full = int(np.count_nonzero(pages < whole))  # pages are sorted: only the last may be partial
+    if full:
+        src = np.frombuffer(out, dtype=np.uint8, count=whole * PAGE_SIZE).reshape(whole, PAGE_SIZE)
+        dst[:full] = src[pages[:full]]
+    if full < len(pages):
+        dst[full, : n - whole * PAGE_SIZE] = np.frombuffer(out, dtype=np.uint8)[whole * PAGE_SIZE : n]
+    return buf
+
+
+def _decode_pages(
+    zframe: memoryview,
+    prefix: DictArg | None,
+    out: memoryview,
+    pages: npt.NDArray[np.intp],
+    n: int,
+    limit: int,
+    scratch: memoryview,
+) -> None:
+    """Decode one zstd frame of ``len(pages)`` whole pages of new content (at most one segment, into
+    ``scratch``) and put every page in its place in ``out`` (the last one cut at ``n``)."""
+    size = len(pages) * PAGE_SIZE
+    view = scratch[:size]
+    got = zstd_decompress_into(zframe, view, zstd_dict=prefix, window_log_max=limit, what="hde pages")
+    if got != size:
+        raise CorruptFrameError(f"hde body holds {got} page bytes for {len(pages)} changed pages")
+    whole = n // PAGE_SIZE
+    src = np.frombuffer(view, dtype=np.uint8).reshape(len(pages), PAGE_SIZE)
+    full = int(np.count_nonzero(pages < whole))
+    if full:
+        dst = np.frombuffer(out, dtype=np.uint8, count=whole * PAGE_SIZE).reshape(whole, PAGE_SIZE)
+        dst[pages[:full]] = src[:full]
+    if full < len(pages):
+        out[whole * PAGE_SIZE : n] = view[full * PAGE_SIZE : full * PAGE_SIZE + n - whole * PAGE_SIZE]

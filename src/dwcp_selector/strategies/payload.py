@@ -160,13 +160,13 @@ class DecodeHistory:
 
     def __init__(self, limit: int = MAX_CONTEXT_LENGTH) -> None:
         self.limit = limit
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytearray] = deque()
         self._length = 0
 
     def __len__(self) -> int:
         return self._length
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, chunk: bytearray) -> None:
         self._chunks.append(chunk)
         self._length += len(chunk)
         while self._chunks and self._length - len(self._chunks[0]) >= self.limit:
@@ -179,10 +179,10 @@ class DecodeHistory:
         last = self._chunks[-1]
         if n <= len(last):
             return memoryview(last)[len(last) - n :]
-        parts: list[bytes] = []
+        parts: list[BytesLike] = []
         need = n
         for chunk in reversed(self._chunks):
-            parts.append(chunk if len(chunk) <= need else chunk[len(chunk) - need :])
+            parts.append(chunk if len(chunk) <= need else memoryview(chunk)[len(chunk) - need :])
             need -= len(parts[-1])
             if need <= 0:
                 break
@@ -283,26 +283,77 @@ class PayloadCodec:
         *,
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
-    ) -> Iterator[bytes]:
+    ) -> Iterator[bytearray]:
         """Yield the decoded chunks of a container (or of an :class:`EncodedPayload`'s frames) in order,
         verifying everything on the way.
 
         The whole-payload checksum is checked after the last chunk: a consumer writing chunks out must
-        treat the output as invalid if iteration raises.
+        treat the output as invalid if iteration raises. A chunk yielded is also the context of the
+        chunks after it: do not modify it.
         """
-        if isinstance(container, EncodedPayload):
-            yield from self._iter_decode_frames(container, baseline, max_output)
+        header, frames = self._open(container, max_output)
+        if header is None:
+            for _, fh, body in frames:
+                yield self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
             return
+        digest = xxhash.xxh3_64()
+        history = DecodeHistory()
+        for _, fh, body in frames:
+            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
+                fh, body, baseline, history.tail(fh.context_length)
+            )
+            digest.update(chunk)
+            history.append(chunk)
+            yield chunk
+        if digest.intdigest() != header.payload_checksum:
+            raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
+
+    def _open(
+        self, container: BytesLike | EncodedPayload, max_output: int
+    ) -> tuple[ContainerHeader | None, Iterator[tuple[int, FrameHeader, memoryview]]]:
+        """The container header (``None`` for a bare frame) and an iterator over its frames, each checked
+        against it (strategy, length, bounds; bytes after the last frame) as it is reached."""
+        if isinstance(container, EncodedPayload):
+            if len(container.frames) == 1:
+                fh, body = parse_frame(container.frames[0], max_original_length=max_output)
+                return None, iter([(0, fh, body)])
+            if container.payload_length > max_output:
+                raise FrameLimitError(
+                    f"payload of {container.payload_length} bytes, above the limit of {max_output}"
+                )
+            if not 0 < container.chunk_size <= MAX_CHUNK_SIZE:
+                raise FrameLimitError(f"chunk size {container.chunk_size} (limit {MAX_CHUNK_SIZE})")
+            header = ContainerHeader(
+                container.strategy_id,
+                container.payload_length,
+                container.chunk_size,
+                len(container.frames),
+                container.payload_checksum,
+                0,
+            )
+            return header, self._iter_frames(header, container.frames)
         view = as_view(container)
         if bytes(view[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
             fh, body = parse_frame(view, max_original_length=max_output)
-            yield self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
-            return
+            return None, iter([(0, fh, body)])
         header = parse_container_header(view, max_output=max_output)
         self.registry.by_id(header.strategy_id)  # refuses an unknown strategy before any chunk
+        return header, self._iter_container(header, view)
+
+    @staticmethod
+    def _iter_frames(
+        header: ContainerHeader, frames: list[bytes]
+    ) -> Iterator[tuple[int, FrameHeader, memoryview]]:
+        for index, frame in enumerate(frames):
+            fh, body = parse_frame(frame, max_original_length=header.chunk_size)
+            _check_chunk(header, index, fh)
+            yield index, fh, body
+
+    @staticmethod
+    def _iter_container(
+        header: ContainerHeader, view: memoryview
+    ) -> Iterator[tuple[int, FrameHeader, memoryview]]:
         pos = header.header_length
-        digest = xxhash.xxh3_64()
-        history = DecodeHistory()
         for index in range(header.chunk_count):
             if pos >= len(view):
                 raise TruncatedFrameError(
@@ -316,47 +367,10 @@ class PayloadCodec:
                     f"{fh.frame_length} bytes, {len(view) - pos} left"
                 )
             _check_chunk(header, index, fh)
-            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
-                fh, view[pos + fh.header_length : end], baseline, history.tail(fh.context_length)
-            )
-            digest.update(chunk)
-            history.append(chunk)
+            yield index, fh, view[pos + fh.header_length : end]
             pos = end
-            yield chunk
         if pos != len(view):
             raise CorruptFrameError(f"container has {len(view) - pos} bytes after its last chunk")
-        if digest.intdigest() != header.payload_checksum:
-            raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
-
-    def _iter_decode_frames(
-        self, encoded: EncodedPayload, baseline: BaselineSource | None, max_output: int
-    ) -> Iterator[bytes]:
-        """The same checks as a container, on frames held in memory (no joined copy is made)."""
-        if len(encoded.frames) == 1:
-            fh, body = parse_frame(encoded.frames[0], max_original_length=max_output)
-            yield self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
-            return
-        header = ContainerHeader(
-            encoded.strategy_id,
-            encoded.payload_length,
-            encoded.chunk_size,
-            len(encoded.frames),
-            encoded.payload_checksum,
-            0,
-        )
-        digest = xxhash.xxh3_64()
-        history = DecodeHistory()
-        for index, frame in enumerate(encoded.frames):
-            fh, body = parse_frame(frame, max_original_length=header.chunk_size)
-            _check_chunk(header, index, fh)
-            chunk = self.registry.by_id(fh.strategy_id).decode_parsed(
-                fh, body, baseline, history.tail(fh.context_length)
-            )
-            digest.update(chunk)
-            history.append(chunk)
-            yield chunk
-        if digest.intdigest() != header.payload_checksum:
-            raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
 
     def decode(
         self,
@@ -364,8 +378,31 @@ class PayloadCodec:
         *,
         baseline: BaselineSource | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
-    ) -> bytes:
-        return b"".join(self.iter_decode(container, baseline=baseline, max_output=max_output))
+    ) -> bytearray:
+        """The whole payload, verified, in one buffer of its length that every chunk is decoded into in
+        place: memory is the payload plus one chunk's working set, never a second copy of the payload.
+
+        The container's layout (every frame header, its length and strategy, nothing after the last
+        frame) is checked before the payload's buffer is allocated.
+        """
+        header, frames = self._open(container, max_output)
+        if header is None:
+            ((_, fh, body),) = frames
+            return self.registry.by_id(fh.strategy_id).decode_parsed(fh, body, baseline)
+        for _ in frames:
+            pass
+        out = bytearray(header.payload_length)
+        view = memoryview(out)
+        digest = xxhash.xxh3_64()
+        for index, fh, body in self._open(container, max_output)[1]:
+            start = index * header.chunk_size
+            place = view[start : start + fh.original_length]
+            history = view[max(0, start - fh.context_length) : start]
+            self.registry.by_id(fh.strategy_id).decode_parsed_into(fh, body, baseline, place, history)
+            digest.update(place)
+        if digest.intdigest() != header.payload_checksum:
+            raise CorruptFrameError("payload checksum mismatch: chunks decode but do not form the original")
+        return out
 
     def decode_to(
         self,
