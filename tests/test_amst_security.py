@@ -402,7 +402,6 @@ def test_transfer_limits_and_the_failed_transfers_memory() -> None:
             s.close()
 
 
-@pytest.mark.slow  # unfinished: the legitimate transfer is not yet served reliably under abuse
 def test_abuse_leaves_a_legitimate_transfer_served_within_budget() -> None:
     """Floods, slow handshakes, oversize and unauthenticated HELLOs beside a real 64 MiB transfer; the
     bench (bench/amst_abuse.py) runs the same with 1,000 abusive connections and reports the figures."""
@@ -413,6 +412,7 @@ def test_abuse_leaves_a_legitimate_transfer_served_within_budget() -> None:
     assert result["rss_growth_mib"] < 256 + 100, result
     assert result["max_threads"] <= result["thread_bound"], result
     assert sum(result["refused"].values()) >= 250, result
+    assert result["refused"]["too_large"] >= 50 and result["refused"]["auth"] >= 50, result
 
 
 def test_receiver_answers_capacity_errors_to_senders() -> None:

@@ -297,3 +297,25 @@ def test_a_cost_v2_artifact_keeps_its_fingerprint_and_prices_without_the_receivi
         strategy="none",
     )
     assert arr[0] == pytest.approx(t_new)
+
+
+def test_authentication_is_priced_on_both_ends_per_byte_sent() -> None:
+    from dwcp_selector.costmodel import AUTH_S_PER_BYTE
+
+    plain = CostParams(recv_stack_s_per_byte=0.0, send_stack_s_per_byte=0.0)
+    assert plain.with_auth("insecure").fingerprint == plain.fingerprint  # the default prices no MAC
+    psk = plain.with_auth("psk")
+    assert psk.fingerprint != plain.fingerprint and psk.auth_s_per_byte == AUTH_S_PER_BYTE["psk"] > 0
+    # one core and a slow encoder: the CPU stages dominate, and the MAC is paid on every byte sent
+    link, one = LinkState(capacity_bps=100e9, rtt_s=1e-4, loss=0.0), SystemState(free_cores=1.0)
+    raw = StrategyMeasurement(compressed_bytes=MiB, encode_s=1.0, decode_s=0.0)
+    small = StrategyMeasurement(compressed_bytes=MiB // 4, encode_s=1.0, decode_s=0.0)
+    extra = [
+        CostModel(psk).transfer_time(MiB, m, link, one) - CostModel(plain).transfer_time(MiB, m, link, one)
+        for m in (raw, small)
+    ]
+    # max(E, X, D) + (E + D)/m with m = 1: E and D each grow by α·S_s, so 3·α·S_s in all
+    assert extra[0] == pytest.approx(3 * psk.auth_s_per_byte * MiB)
+    assert extra[1] == pytest.approx(extra[0] / 4)
+    with pytest.raises(ConfigError, match="unknown AMST security mode"):
+        plain.with_auth("rot13")

@@ -13,9 +13,11 @@ For payload bytes S and strategy s::
     m = ceil(S / chunk)                       chunks, encoded on k_e = min(c, m) cores
     k_d = min(c, m), or min(c, 1) for a strategy whose chunks decode in order (zstd, hde: each chunk
                                               is coded with the payload bytes before it as context)
-    E = (e_s + σ·S_s) / k_e                   encode, and the sending stack's CPU per byte sent (σ)
+    E = (e_s + (σ+α)·S_s) / k_e               encode, the sending stack's CPU per byte sent (σ) and
+                                              authentication's (α: 0 for Insecure, ``with_auth``)
     X = 8·S_s / (η·min(B, n·r))               η: payload bits per bit on the link (TCP/IP/Ethernet headers)
-    D = (d_s + ρ·S_s) / k_d                   decode, and the receiving stack's CPU per byte received (ρ)
+    D = (d_s + (ρ+α)·S_s) / k_d               decode, the receiving stack's CPU per byte received (ρ)
+                                              and authentication's (α)
     T_s = max(E, X, D) + (E + D) / m          pipelined
           + (1 + h)·R                         the data's RTT and h RTTs of connection set-up, whatever
                                               stage is the slowest
@@ -37,7 +39,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_STRATEGY_ORDER",
     "CostModel",
+    "AUTH_S_PER_BYTE",
     "CostParams",
     "Oracle",
     "OracleDecision",
@@ -90,7 +93,13 @@ LEGACY_VALUES: dict[str, object] = {
     "send_stack_s_per_byte": 0.0,
     "recv_stack_s_per_byte": 0.0,
     "verify_s_per_byte": 0.0,
+    "auth_s_per_byte": 0.0,
 }
+#: CPU seconds per byte on the wire that authenticating AMST costs on each end (``auth_s_per_byte``), by
+#: security mode: HMAC-SHA256 over every message (psk) or TLS records (AES-GCM); measured by
+#: ``bench/amst_security.py`` (docs/decisions/0009-amst-authentication.md). Staging measures the encoders
+#: without the transport, so labels are priced with the mode the deployment runs: ``CostParams.with_auth``.
+AUTH_S_PER_BYTE: dict[str, float] = {"insecure": 0.0, "psk": 7.6e-10, "tls": 3.2e-10}
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -115,6 +124,8 @@ class CostParams:
     send_stack_s_per_byte: float = DEFAULT_SEND_STACK_S_PER_BYTE
     recv_stack_s_per_byte: float = DEFAULT_RECV_STACK_S_PER_BYTE
     verify_s_per_byte: float = DEFAULT_VERIFY_S_PER_BYTE
+    #: CPU per byte sent that authentication costs on each end (0: Insecure; ``with_auth``).
+    auth_s_per_byte: float = 0.0
     version: str = "cost-v3"
 
     def __post_init__(self) -> None:
@@ -135,6 +146,7 @@ class CostParams:
             self.send_stack_s_per_byte,
             self.recv_stack_s_per_byte,
             self.verify_s_per_byte,
+            self.auth_s_per_byte,
         )
         if not all(math.isfinite(x) and x >= 0 for x in extras):
             raise ConfigError("set-up RTTs, overheads and per-byte costs must be finite and >= 0")
@@ -142,6 +154,16 @@ class CostParams:
             raise ConfigError(
                 f"ordered-decode strategies {list(self.ordered_decode)} are not all in the label set"
             )
+
+    def with_auth(self, mode: str) -> CostParams:
+        """These parameters with the measured price of AMST security ``mode`` (insecure, psk or tls).
+
+        >>> CostParams().with_auth("insecure") == CostParams()
+        True
+        """
+        if mode not in AUTH_S_PER_BYTE:
+            raise ConfigError(f"unknown AMST security mode {mode!r}: one of {sorted(AUTH_S_PER_BYTE)}")
+        return replace(self, auth_s_per_byte=AUTH_S_PER_BYTE[mode])
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -271,8 +293,8 @@ class CostModel:
         m = self.chunks(payload_bytes)
         k = min(system.free_cores, m)
         sent = measurement.compressed_bytes
-        enc = (measurement.encode_s + p.send_stack_s_per_byte * sent) / k
-        dec = (measurement.decode_s + p.recv_stack_s_per_byte * sent) / (
+        enc = (measurement.encode_s + (p.send_stack_s_per_byte + p.auth_s_per_byte) * sent) / k
+        dec = (measurement.decode_s + (p.recv_stack_s_per_byte + p.auth_s_per_byte) * sent) / (
             min(system.free_cores, 1) if self.decodes_in_order(strategy) else k
         )
         rtt = link.rtt_s
@@ -348,8 +370,8 @@ class CostModel:
         _, _, streams, rate = self.rates_array(capacity_bps, utilization, rtt_s, loss)
         m = np.maximum(1.0, np.ceil(payload_bytes / p.chunk_size))
         k = np.minimum(free_cores, m)
-        enc = (encode_s + p.send_stack_s_per_byte * compressed_bytes) / k
-        dec = (decode_s + p.recv_stack_s_per_byte * compressed_bytes) / (
+        enc = (encode_s + (p.send_stack_s_per_byte + p.auth_s_per_byte) * compressed_bytes) / k
+        dec = (decode_s + (p.recv_stack_s_per_byte + p.auth_s_per_byte) * compressed_bytes) / (
             np.minimum(free_cores, 1.0) if self.decodes_in_order(strategy) else k
         )
         xmit = 8.0 * compressed_bytes / (p.wire_efficiency * rate)

@@ -175,6 +175,12 @@ class _Refusal(CapacityError):
         self.reason = reason
 
 
+class _TooLarge(ProtocolError):
+    """A transfer larger than the receiver accepts at all (not a capacity limit: retrying cannot help)."""
+
+    reason = "too_large"
+
+
 def baseline_key(peer: str, resource_id: str) -> str:
     """The id a peer's resource is kept under in the receiver's baseline store."""
     return f"{peer}\x00{resource_id}" if peer else resource_id
@@ -250,7 +256,7 @@ class _Transfer:
         """Refuse a manifest outside the receiver's limits before anything is allocated for it."""
         m = hello.manifest
         if m.payload_length > receiver.max_payload:
-            raise ProtocolError(
+            raise _TooLarge(
                 f"transfer of {m.payload_length} bytes exceeds the limit of {receiver.max_payload}"
             )
         if not 0 < m.chunk_size <= MAX_CHUNK_SIZE:
@@ -799,8 +805,7 @@ class AmstReceiver:
             StreamBrokenError: "closed_early",
             BaselineMissingError: "baseline_missing",
         }.get(type(exc), "protocol")
-        if isinstance(exc, _Refusal):
-            reason = exc.reason
+        reason = getattr(exc, "reason", reason)
         self._count(reason)
         with self._lock:
             self.rejected_connections += 1
