@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -423,3 +426,35 @@ def test_receiver_answers_capacity_errors_to_senders() -> None:
             _eventually(lambda: rx.stats()["active_transfers"] == 1)
             with pytest.raises(CapacityError, match="transfers in flight"):
                 AmstSender(rx.address, security=ALICE).send(b"q" * 1000, "none")
+
+
+KILLED_SENDER = """
+import sys
+from dwcp_selector.transport import AmstSender, PskAuth
+port = int(sys.argv[1])
+data = bytes(range(256)) * (1 << 20)  # 256 MiB
+AmstSender(("127.0.0.1", port), security=PskAuth("alice", b"a" * 32), timeout_s=60).send(
+    data, "none", streams=4
+)
+"""
+
+
+def test_a_killed_sender_process_frees_everything_it_held(receiver: AmstReceiver) -> None:
+    """A peer that dies mid-transfer (SIGKILL: no END, no close handshake) fails its transfer at once,
+    its reservation and stream threads are released, and the receiver goes on serving."""
+    threads = threading.active_count()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SENDER, str(receiver.address[1])])
+    try:
+        _eventually(lambda: receiver.stats()["active_transfers"] == 1, timeout=30)
+        time.sleep(0.05)  # streams are moving bytes
+        assert proc.poll() is None, "the sender finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _eventually(lambda: receiver.stats()["active_transfers"] == 0, timeout=10)
+        assert receiver.stats()["memory_reserved"] == 0
+        _eventually(lambda: threading.active_count() <= threads, timeout=10)
+        report = AmstSender(receiver.address, security=ALICE).send(b"after" * 1000, "zstd")
+        assert receiver.wait(report.transfer_id, timeout=10).data == b"after" * 1000
+    finally:
+        proc.kill()
+        proc.wait(10)
