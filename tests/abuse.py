@@ -167,6 +167,7 @@ def run_abuse(abusive: int = 1000, payload_mib: int = 64, budget_mib: int = 256)
         # pending handshakes + accepted streams + two timers per transfer + the accept and main threads
         "thread_bound": limits.max_pending + limits.max_connections + 2 * limits.max_transfers + 4,
         "refused": stats["refused"],
+        "receiver": stats,
     }
 
 

@@ -296,3 +296,38 @@ def test_uncollected_results_are_bounded() -> None:
         assert len(rx.wait(ids[-1], timeout=5).data) == 2 * MiB
         with pytest.raises(TransferTimeoutError):
             rx.wait(ids[0], timeout=0.2)
+
+
+def test_a_frame_held_back_resumes_when_its_context_is_decoded(open_receiver: AmstReceiver) -> None:
+    """Back-pressure must not stall: a frame held back (the waiting room full of later frames) goes on
+    as soon as the chunks before it are decoded, even when that decode frees no room."""
+    import xxhash
+
+    from dwcp_selector.strategies import PayloadCodec
+    from dwcp_selector.transport.protocol import CHUNK_HEADER, END, MSG_CHUNK, MSG_END, Hello, Manifest
+
+    chunk = 64 << 10
+    data = logs_json(12 * chunk, np.random.default_rng(2))
+    enc = PayloadCodec(chunk_size=chunk).encode(data, "zstd")
+    assert len(enc.frames) == 12 and all(
+        PayloadCodec().registry.parse(f)[0].context_length for f in enc.frames[1:]
+    )
+    manifest = Manifest(len(data), chunk, 12, enc.strategy_id, xxhash.xxh3_64_intdigest(data))
+    tid = uuid.uuid4()
+
+    def chunks(indexes: list[int]) -> bytes:
+        return b"".join(CHUNK_HEADER.pack(MSG_CHUNK, i, len(enc.frames[i])) + enc.frames[i] for i in indexes)
+
+    with (
+        socket.create_connection(open_receiver.address, timeout=10) as a,
+        socket.create_connection(open_receiver.address, timeout=10) as b,
+    ):
+        a.sendall(Hello(tid, 0, 2, manifest).pack())
+        b.sendall(Hello(tid, 1, 2, manifest).pack())
+        # stream 1: chunks 4..11 fill the waiting room (2 streams: 8 frames), then chunk 2 is held back
+        b.sendall(chunks([*range(4, 12), 2]) + END.pack(MSG_END, 9))
+        time.sleep(0.3)
+        # stream 0: 0 and 1 complete chunk 2's context (and free no room), then 3
+        a.sendall(chunks([0, 1, 3]) + END.pack(MSG_END, 3))
+        got = open_receiver.wait(tid, timeout=15)
+    assert got.data == data

@@ -231,10 +231,10 @@ class Hello:
 def pack_result(status: int, message: str = "", auth: MessageAuth | None = None) -> bytes:
     """A RESULT; tagged under ``auth`` unless it is a refusal, which never carries a tag."""
     raw = message.encode()[:60000]
-    body = RESULT_HEADER.pack(MSG_RESULT, status, len(raw)) + raw
+    header = RESULT_HEADER.pack(MSG_RESULT, status, len(raw))
     if auth is not None and status != RESULT_REFUSED:
-        body += auth.seal(body)
-    return body
+        return header + raw + auth.seal(header, raw)
+    return header + raw
 
 
 def read_result(sock: socket.socket, auth: MessageAuth | None = None) -> tuple[bool, str]:

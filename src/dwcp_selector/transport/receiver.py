@@ -372,9 +372,14 @@ class _Transfer:
                 ready = self._context_ready(chunk_index, header.context_length)
                 if not ready:
                     # back-pressure: hold this frame (and stop reading the stream, so TCP slows the
-                    # sender) while the frames already waiting fill their allowance; the lowest chunk
-                    # not decoded is always ready, so its arrival frees room
-                    while len(self.waiting) >= self.waiting_cap and not self.done.is_set():
+                    # sender) while the frames already waiting fill their allowance, until room is
+                    # made or this frame's own context is decoded (every decode notifies); the lowest
+                    # chunk not decoded is always ready, so the chain never stalls
+                    while (
+                        len(self.waiting) >= self.waiting_cap
+                        and not self.done.is_set()
+                        and not self._context_ready(chunk_index, header.context_length)
+                    ):
                         self.space.wait(1.0)
                     if self.done.is_set():
                         return
@@ -409,6 +414,7 @@ class _Transfer:
                 if self.error is not None:
                     return
                 self.decoded[chunk_index] = 1
+                self.space.notify_all()  # a frame held back may have just got its context
                 nxt = next(
                     (
                         i
@@ -420,7 +426,6 @@ class _Transfer:
                 if nxt is None:
                     return
                 header, frame = self.waiting.pop(nxt)
-                self.space.notify_all()
             chunk_index = nxt
             body = memoryview(frame)[header.header_length : header.frame_length]
 
