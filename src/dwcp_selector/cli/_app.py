@@ -39,6 +39,11 @@ class _Group(click.Group):
             _fail(f"permission denied: {exc.filename}")
         except IsADirectoryError as exc:
             _fail(f"is a directory: {exc.filename}")
+        except FileExistsError as exc:
+            # mkdir(exist_ok=True) says "exists" of a file where it needed a directory
+            if exc.filename and os.path.lexists(exc.filename) and not os.path.isdir(exc.filename):
+                _fail(f"not a directory: {exc.filename}")
+            _fail(f"already exists: {exc.filename}")
         except OSError as exc:
             _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         except KeyboardInterrupt:
@@ -75,12 +80,19 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: click's own usage errors are reported as one ``error:`` line like every other."""
+    """Entry point: click's own usage errors are reported as one ``error:`` line like every other, the
+    usage hint on that line instead of click's several-line usage block."""
     try:
         code = cli.main(args=argv, prog_name="dwcp-selector", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(EXIT_ERROR)
+        # a group without its command: the help (the commands) on stdout, the error on stderr
+        click.echo(exc.ctx.get_help())
+        group = exc.ctx.command
+        names = group.list_commands(exc.ctx) if isinstance(group, click.Group) else []
+        _fail(f"missing command: one of {', '.join(names)}", code=EXIT_ERROR)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, code=exc.exit_code or EXIT_ERROR)
     except click.ClickException as exc:
         _fail(exc.format_message(), code=exc.exit_code if exc.exit_code else EXIT_ERROR)
     except click.exceptions.Abort:

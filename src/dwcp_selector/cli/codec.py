@@ -20,6 +20,7 @@ from ..measure import measure_payload
 from ..strategies import Baseline, DictionaryStore, PayloadCodec, Registry, default_registry
 from ..strategies.payload import pack_container_header
 from ._app import cli, emit, stdout
+from ._params import FiniteFloatRange
 
 __all__ = ["decode_cmd", "dict_group", "encode_cmd", "measure_cmd"]
 
@@ -59,7 +60,10 @@ def _registry(dict_dir: Path | None, checksum: str | None = None) -> Registry:
 def _atomic_output(path: Path) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``path`` and rename it into place only on success."""
     directory = path.resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:  # name the output the user gave, not the temporary file
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -80,15 +84,15 @@ _link_options = [
         show_default=True,
         help="Link class; parameters not given take the class's typical values.",
     ),
-    click.option("--bandwidth-mbps", type=click.FloatRange(min=0, min_open=True), help="Link capacity."),
-    click.option("--rtt-ms", type=click.FloatRange(min=0, min_open=True), help="Round-trip time."),
-    click.option("--loss", type=click.FloatRange(0, 1, max_open=True), help="Packet loss probability."),
+    click.option("--bandwidth-mbps", type=FiniteFloatRange(min=0, min_open=True), help="Link capacity."),
+    click.option("--rtt-ms", type=FiniteFloatRange(min=0, min_open=True), help="Round-trip time."),
+    click.option("--loss", type=FiniteFloatRange(0, 1, max_open=True), help="Packet loss probability."),
     click.option(
-        "--utilization", type=click.FloatRange(0, 1, max_open=True), help="Share of capacity in use."
+        "--utilization", type=FiniteFloatRange(0, 1, max_open=True), help="Share of capacity in use."
     ),
     click.option(
         "--free-cores",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, min_open=True),
         default=4.0,
         show_default=True,
         help="Free CPU cores on the sending and receiving nodes.",
@@ -114,7 +118,7 @@ def link_options(f: F) -> F:
 @click.option("--dict-dir", type=click.Path(file_okay=False, path_type=Path), help="zstd dictionary store.")
 @click.option(
     "--repeats",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),
     help="Timing repeats, the least kept (default: 25 under 64 KiB, 5 under 1 MiB, else 1).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -254,7 +258,9 @@ def dict_group() -> None:
 @dict_group.command("train")
 @click.option("--type", "payload_type", required=True, help="Payload type the dictionary is for.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--size", type=click.IntRange(min=1024), default=16384, show_default=True)
+@click.option(
+    "--size", type=click.IntRange(1024, 1 << 24), default=16384, show_default=True, help="Dictionary bytes."
+)
 @click.option(
     "--sample-size",
     type=click.IntRange(min=64),

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..costmodel import DEFAULT_STRATEGY_ORDER as STRATEGIES
 from ..errors import ConfigError
 from ._app import cli, emit, stdout
+from ._params import MAX_SAMPLES, MAX_WORKERS, SEED
 
 # The data commands import the telemetry and dataset stages (pyarrow, psycopg) when they run, so the
 # other commands start without them.
@@ -56,8 +57,10 @@ def _date(value: str | None) -> dt.datetime | None:
 
 @cli.command("collect")
 @_store_option
-@click.option("--samples", type=click.IntRange(min=1), required=True, help="Labelled records to collect.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--samples", type=click.IntRange(1, MAX_SAMPLES), required=True, help="Labelled records to collect."
+)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--corpus",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -70,13 +73,13 @@ def _date(value: str | None) -> dt.datetime | None:
     help="Draw a share of the sessions from this machine's real files (binaries, docs, package "
     "databases, archives, the Python sources, a SQLite database of package records).",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True)
 @click.option(
     "--draws", type=click.IntRange(1, 1000), default=8, show_default=True, help="Link/node draws per payload."
 )
 @click.option(
     "--max-size",
-    type=click.IntRange(min=1024),
+    type=click.IntRange(1024, 1 << 32),
     default=64 << 20,
     show_default=True,
     help="Largest payload (bytes).",
@@ -96,10 +99,19 @@ def collect_cmd(
     as_json: bool,
 ) -> None:
     """Run every strategy for real on staging transfers and store one labelled record per draw."""
+    from ..hostprofile import load_or_calibrate
     from ..telemetry.staging import collect
+    from ..telemetry.store import open_store
+    from ..workload.corpus import Corpus
     from ..workload.staging import ScenarioMix
 
     mix = ScenarioMix(draws_per_payload=draws, max_bytes=max_size)
+    first_day = _date(start)
+    if corpus is not None:
+        Corpus(corpus)
+    # refuse a store that cannot be opened or reached before measuring this host (seconds, once per host)
+    open_store(store_url).close()
+    profile = load_or_calibrate()
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -117,7 +129,8 @@ def collect_cmd(
             system_corpus=system_corpus,
             workers=workers,
             mix=mix,
-            start=_date(start),
+            start=first_day,
+            host_profile=profile,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     doc = report.to_dict()

@@ -24,6 +24,7 @@ from ..measure import measure_strategy
 from ..strategies import Baseline, PayloadCodec
 from ..workload import demo_payloads
 from ._app import cli, emit, stdout
+from ._params import MAX_SAMPLES, MAX_TRIALS, MAX_WORKERS, SEED, FiniteFloatRange
 
 __all__ = ["demo_cmd"]
 
@@ -32,18 +33,18 @@ DEMO_MAX_BYTES = 16 << 20
 
 
 @cli.command("demo")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--free-cores", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--free-cores", type=FiniteFloatRange(min=0, min_open=True), default=4.0, show_default=True)
 @click.option(
     "--samples",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_SAMPLES),
     default=3000,
     show_default=True,
     help="Staging records to collect (0 skips collection and training).",
 )
 @click.option(
     "--trials",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_TRIALS),
     default=3,
     show_default=True,
     help="Optuna trials per candidate when training the demo model.",
@@ -55,12 +56,14 @@ DEMO_MAX_BYTES = 16 << 20
     default=Path("out/demo"),
     show_default=True,
 )
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def demo_cmd(
     seed: int, free_cores: float, samples: int, trials: int, out_dir: Path, workers: int, as_json: bool
 ) -> None:
     """Measure every strategy; collect, validate and export a staging set; train and evaluate a model."""
+    if samples:
+        out_dir.mkdir(parents=True, exist_ok=True)  # an --out that cannot be made fails before the work
     codec = PayloadCodec()
     codec.warm_up()
     cost_model = CostModel()

@@ -13,9 +13,11 @@ from rich.table import Table
 from ..config import Settings
 from ..link import SystemState, link_from_class
 from ._app import cli, emit, stdout
+from ._params import MAX_TRIALS, SEED, FiniteFloatRange
 from .codec import _FILE, _baseline, _mapped, link_options
 
 if TYPE_CHECKING:  # the training stack (torch, LightGBM) loads only when a command trains
+    from ..modeling.runtime import TieredModel
     from ..training.pipeline import TrainConfig
 
 __all__ = ["calibrate_cmd", "evaluate_cmd", "select_cmd", "train_cmd", "train_with_progress"]
@@ -66,13 +68,17 @@ def train_with_progress(data_dir: Path, out_dir: Path, config: TrainConfig, *, s
 @_DATA_DIR
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Optuna trials per candidate."
+    "--trials",
+    type=click.IntRange(1, MAX_TRIALS),
+    default=12,
+    show_default=True,
+    help="Optuna trials per candidate.",
 )
 @click.option(
     "--folds", type=click.IntRange(min=0), default=5, show_default=True, help="Grouped CV folds (0: none)."
 )
 @click.option("--candidates", help="Comma-separated subset of cmil-mlp, clf-mlp-ce, clf-mlp-cost, clf-lgbm.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--host-draws/--no-host-draws",
     default=True,
@@ -93,7 +99,11 @@ def train_cmd(
     """Train every candidate on an exported dataset, keep the best by validation regret, export ONNX."""
     from ..training.pipeline import CANDIDATES, TrainConfig
 
-    chosen = tuple(c.strip() for c in candidates.split(",")) if candidates else CANDIDATES
+    chosen: tuple[str, ...] = CANDIDATES
+    if candidates is not None:
+        chosen = tuple(c.strip() for c in candidates.split(",") if c.strip())
+        if not chosen:
+            raise click.BadParameter("names no candidate", param_hint="'--candidates'")
     config = TrainConfig(
         trials=trials,
         folds=folds,
@@ -130,6 +140,27 @@ def train_cmd(
     emit(as_json, summary, human)
 
 
+def _checked_model(model_dir: Path, data_dir: Path | None) -> TieredModel:
+    """The model (and the dataset it was trained on), refused before the host is measured (seconds)."""
+    from ..errors import ConfigError
+    from ..modeling.artifact import load_artifact
+    from ..modeling.runtime import TieredModel
+
+    artifact = load_artifact(model_dir, key=Settings.from_env().model_key)
+    model = TieredModel(artifact)  # onnxruntime refuses a damaged network here
+    if data_dir is not None:
+        from ..training.data import load_dataset
+
+        # training.pipeline.calibrate reads it again; this read costs less than measuring the host in vain
+        _, fingerprint, _ = load_dataset(data_dir)
+        if fingerprint != artifact.data_fingerprint:
+            raise ConfigError(
+                f"{data_dir} is not the dataset {model_dir} was trained on (fingerprint {fingerprint}, "
+                f"model's {artifact.data_fingerprint})"
+            )
+    return model
+
+
 @cli.command("calibrate")
 @click.option("--model", "model_dir", type=_EXISTING_DIR, help="A model directory: its decisions are timed.")
 @click.option(
@@ -138,10 +169,10 @@ def train_cmd(
     type=_EXISTING_DIR,
     help="The model's dataset: also refit its fast-path and rich-tier policy on this host's times.",
 )
-@click.option("--calls", type=click.IntRange(min=20), default=200, show_default=True)
+@click.option("--calls", type=click.IntRange(20, 1_000_000), default=200, show_default=True)
 @click.option(
     "--budget",
-    type=click.FloatRange(min=0.5, max=600),
+    type=FiniteFloatRange(min=0.5, max=600),
     default=10.0,
     show_default=True,
     help="Seconds the host profile may take.",
@@ -166,6 +197,7 @@ def calibrate_cmd(
 
     if data_dir is not None and model_dir is None:
         raise ConfigError("--data needs --model: the dataset is the model's")
+    model = _checked_model(model_dir, data_dir) if model_dir is not None else None
     profile = load_or_calibrate(force=force, budget_s=budget)
     assert profile is not None
     doc: dict[str, Any] = {
@@ -173,17 +205,13 @@ def calibrate_cmd(
         "profile_dir": str(profile_dir()),
     }
     summary: dict[str, Any] | None = None
-    if model_dir is not None and data_dir is None:
+    if model is not None and data_dir is None:
         from ..costmodel import CostModel
-        from ..modeling.artifact import load_artifact
         from ..modeling.decide import Decider
-        from ..modeling.runtime import TieredModel
         from ..modeling.timing import measure_decision_times
 
-        artifact = load_artifact(model_dir, key=Settings.from_env().model_key)
-        times = measure_decision_times(
-            Decider(TieredModel(artifact), CostModel(artifact.cost_params), profile), calls=calls
-        )
+        artifact = model.artifact
+        times = measure_decision_times(Decider(model, CostModel(artifact.cost_params), profile), calls=calls)
         doc["decision_times"] = {"model": artifact.times.to_dict(), "this_host": times.to_dict()}
     elif model_dir is not None and data_dir is not None:
         from ..training.pipeline import calibrate
@@ -243,6 +271,10 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, split: str, html: Path | None,
     splits, _, _ = load_dataset(data_dir)
     if split not in splits:
         raise ConfigError(f"{data_dir} has no {split!r} split (has {', '.join(splits)})")
+    if html is not None:
+        html.parent.mkdir(
+            parents=True, exist_ok=True
+        )  # a report that cannot be written fails before the work
     report = evaluate_artifact(artifact, splits[split], with_arrays=html is not None)
     if html is not None:
         from ..training.report import write_report

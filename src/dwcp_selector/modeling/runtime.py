@@ -29,7 +29,7 @@ AGREEMENT_ROWS = 64
 AGREEMENT_TOLERANCE = 1e-4
 
 
-def _session(onnx_bytes: bytes) -> ort.InferenceSession:
+def _session(onnx_bytes: bytes, tier: str) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -38,7 +38,7 @@ def _session(onnx_bytes: bytes) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for a bad graph
-        raise ArtifactError(f"onnxruntime cannot load the model: {exc}") from exc
+        raise ArtifactError(f"onnxruntime cannot load the {tier} model: {exc}") from exc
 
 
 class _Binding(threading.local):
@@ -55,7 +55,7 @@ class OnnxTier:
         self.tier = tm.tier
         self.spec = tm.spec
         self.outputs = tm.outputs
-        self.session = _session(tm.onnx)
+        self.session = _session(tm.onnx, tm.tier)
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         outputs = [o.name for o in self.session.get_outputs()]

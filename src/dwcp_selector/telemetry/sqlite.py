@@ -121,11 +121,16 @@ class SqliteStore(TelemetryStore):
         self.url = url
         path = _path_of(url)
         if path != ":memory:":
-            if must_exist and not Path(path).is_file():
-                raise StoreError(f"no SQLite telemetry store at {path}")
             if Path(path).is_dir():
                 raise StoreError(f"SQLite store {path} is a directory")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if must_exist and not Path(path).is_file():
+                raise StoreError(f"no SQLite telemetry store at {path}")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise StoreError(f"cannot create SQLite store {path}: a parent is not a directory") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot create SQLite store {path}: {exc.strerror or exc}") from exc
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -138,6 +143,11 @@ class SqliteStore(TelemetryStore):
             try:
                 with self._lock:
                     self._db.execute("PRAGMA busy_timeout=10000")
+                    # A reader never turns a file into a store: an empty file or another application's
+                    # database would get WAL mode and the telemetry tables, and report on nothing.
+                    if must_exist and path != ":memory:" and not self._is_store():
+                        what = "is not a SQLite telemetry store (no schema_migrations table)"
+                        raise StoreError(f"SQLite store {path} {what}")
                     self._db.execute("PRAGMA journal_mode=WAL")
                     self._db.execute("PRAGMA synchronous=NORMAL")
                 self.migrate()
@@ -160,6 +170,12 @@ class SqliteStore(TelemetryStore):
         self._cols = ", ".join(COLUMN_NAMES)
         self._row_marks = "(" + ",".join("?" * len(COLUMN_NAMES)) + ")"
         self._statements: dict[int, str] = {}
+
+    def _is_store(self) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        return found is not None
 
     def migrate(self) -> int:
         with self._lock:

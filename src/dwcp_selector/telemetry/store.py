@@ -122,7 +122,10 @@ def cutoff_for(now: dt.datetime | None, keep_days: int) -> dt.datetime:
     now = now or dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
         raise ConfigError("retention's clock must be timezone-aware")
-    day = (now.astimezone(dt.UTC) - dt.timedelta(days=keep_days)).date()
+    try:
+        day = (now.astimezone(dt.UTC) - dt.timedelta(days=keep_days)).date()
+    except OverflowError as exc:
+        raise ConfigError(f"retention cannot keep {keep_days} days: that reaches before year 1") from exc
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 

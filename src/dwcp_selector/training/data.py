@@ -107,6 +107,12 @@ def load_dataset(data_dir: str | Path) -> tuple[dict[str, Split], str, dict[str,
         isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
     ):
         raise ConfigError(f"{where} lists no files with their sha256 (damaged manifest)")
+    # the columns every split needs: the ones the manifest describes, and those the splits are grouped by
+    named: list[object] = ["request_id", "session_id", "payload_group_id", manifest.get("label_column")]
+    for key in ("feature_columns", "cost_columns"):
+        listed = manifest.get(key)
+        named += listed if isinstance(listed, list) else []
+    required = [c for c in dict.fromkeys(named) if isinstance(c, str)]
     splits: dict[str, Split] = {}
     for name in ("train", "val", "test", "holdout"):
         file = path / f"{name}.parquet"
@@ -120,6 +126,12 @@ def load_dataset(data_dir: str | Path) -> tuple[dict[str, Split], str, dict[str,
                 splits[name] = Split(name, _table_to_cols(file))
             except (pa.ArrowException, OSError, ValueError) as exc:
                 raise ConfigError(f"{file} is not a readable Parquet table: {exc}") from exc
+            missing = [c for c in required if c not in splits[name].cols]
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise ConfigError(
+                    f"{file} lacks the columns {', '.join(missing[:3])}{more} of an exported dataset"
+                )
     if not splits:
         raise ConfigError(f"{path} holds none of the splits its manifest describes")
     fingerprint = hashlib.sha256(

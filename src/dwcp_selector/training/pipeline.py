@@ -404,10 +404,15 @@ def train(
     say: Progress = progress or (lambda _msg, _frac: None)
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     splits, fingerprint, manifest = load_dataset(data_dir)
     if "train" not in splits or "val" not in splits:
         raise ConfigError(f"{data_dir} has no train/val split (exported with --all-test?)")
+    sessions = len(np.unique(splits["train"].cols["session_id"]))
+    if config.folds > sessions:
+        raise ConfigError(
+            f"{config.folds} cross-validation folds need as many training sessions; {data_dir} has {sessions}"
+        )
+    out.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     cm = CostModel()
     native_train = splits["train"]
     if config.host_draws:
