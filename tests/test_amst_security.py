@@ -28,6 +28,7 @@ from dwcp_selector.errors import (
     BaselineMissingError,
     CapacityError,
     ConfigError,
+    CorruptFrameError,
     TransferTimeoutError,
     TransportError,
 )
@@ -458,3 +459,34 @@ def test_a_killed_sender_process_frees_everything_it_held(receiver: AmstReceiver
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_transfer_failed_by_a_corrupt_frame_returns_its_memory() -> None:
+    """The payload buffer of a transfer that fails while decoding is freed at once, not kept alive by the
+    error (its traceback holds the decoder's frames, which hold a view of the buffer)."""
+    import gc
+
+    import xxhash
+
+    from dwcp_selector.strategies import PayloadCodec
+    from dwcp_selector.transport.protocol import END, MSG_END
+
+    size = 256 * MiB
+    frame = bytearray(PayloadCodec(chunk_size=MiB).encode(bytes(MiB), "lz4").frames[0])
+    frame[-1] ^= 0xFF  # the last chunk's body is damaged: decoding fails after the payload was allocated
+    manifest = Manifest(size, MiB, 256, 1, xxhash.xxh3_64_intdigest(bytes(size)))
+    with AmstReceiver(("127.0.0.1", 0), security=insecure(), timeout_s=10) as rx:
+        gc.collect()
+        before = _rss()
+        tid = uuid.uuid4()
+        good = PayloadCodec(chunk_size=MiB).encode(bytes(MiB), "lz4").frames[0]
+        with socket.create_connection(rx.address, timeout=10) as s:
+            s.sendall(Hello(tid, 0, 1, manifest).pack())
+            for i in range(255):  # touch the whole payload buffer
+                s.sendall(CHUNK_HEADER.pack(MSG_CHUNK, i, len(good)) + good)
+            s.sendall(CHUNK_HEADER.pack(MSG_CHUNK, 255, len(frame)) + frame + END.pack(MSG_END, 256))
+            ok, message = read_result(s)
+        assert not ok and "CorruptFrameError" in message, message
+        with pytest.raises(CorruptFrameError):
+            rx.wait(tid, timeout=10)
+        assert _rss() - before < 64 * MiB, f"{(_rss() - before) / MiB:.0f} MiB still held after the failure"

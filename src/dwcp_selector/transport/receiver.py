@@ -181,6 +181,18 @@ class _TooLarge(ProtocolError):
     reason = "too_large"
 
 
+def _without_tracebacks(exc: DwcpError) -> DwcpError:
+    """``exc`` (and what it was raised from) without tracebacks: a failed transfer keeps its error, and a
+    traceback would keep the failing decoder's frames, and with them a view of the payload buffer."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
+
+
 def baseline_key(peer: str, resource_id: str) -> str:
     """The id a peer's resource is kept under in the receiver's baseline store."""
     return f"{peer}\x00{resource_id}" if peer else resource_id
@@ -488,7 +500,7 @@ class _Transfer:
                     exc = TransferTimeoutError(
                         f"transfer {self.id}: streams {absent} never connected (stream {stream}: {exc})"
                     )
-            self.error = exc
+            self.error = _without_tracebacks(exc)
             self.done.set()
             # release the payload now: decoders still running hold a view of it until their chunk ends
             self.output = bytearray()
