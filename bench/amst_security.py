@@ -4,8 +4,9 @@
 message) and mutual TLS, sender and receiver in this process; the process CPU time per GB (both ends
 together) is measured around each transfer, and the difference from ``Insecure`` halved is the price per
 byte on one end, which is what ``CostParams.auth_s_per_byte`` charges on each side. The primitives alone
-(HMAC-SHA256 over 1 MiB messages; AES-GCM as TLS runs it, through a memory BIO pair) are measured beside
-it. Medians of ``--repeats`` runs.
+(HMAC-SHA256, which tags the HELLO; AES-GMAC, which tags every message under PSK; AES-GCM as TLS runs
+it, through a memory BIO pair) are measured beside it. Medians of ``--repeats`` rounds in which the modes
+take turns.
 
 ``abuse``: ``tests/abuse.py`` starts a PSK receiver (256 MiB memory budget) in a process of its own, throws
 1,000 abusive connections at it (connect-and-close floods, garbage, forged HELLOs declaring 1 GiB,
@@ -21,8 +22,10 @@ Prints tables and writes ``bench/results/amst_security.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
+import json
 import resource
 import ssl
 import statistics
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import trustme
 
-from _common import machine, write
+from _common import RESULTS, machine, write
 from dwcp_selector.transport import (
     AmstReceiver,
     AmstSender,
@@ -80,22 +83,33 @@ def _modes(pki: dict[str, Path]) -> dict[str, tuple[Any, Any]]:
     }
 
 
-def _transfer_cpu(rx_sec: Any, tx_sec: Any, data: bytes, streams: int, repeats: int) -> dict[str, float]:
-    """Median process CPU seconds and wall seconds of one verified transfer of ``data``."""
-    cpu, wall = [], []
-    with AmstReceiver(("127.0.0.1", 0), security=rx_sec, max_payload=len(data) + MiB, timeout_s=120) as rx:
-        sender = AmstSender(rx.address, security=tx_sec, timeout_s=120)
-        sender.send(data[: 4 * MiB], "none", streams=streams)  # warm: handshakes, buffers, threads
+def _transfer_cpu(
+    modes: dict[str, tuple[Any, Any]], data: bytes, streams: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median process CPU seconds and wall seconds of one verified transfer of ``data`` per mode; the
+    modes take turns in every round, so drift and warm-up hit them alike."""
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    with contextlib.ExitStack() as stack:
+        pairs = {}
+        for name, (rx_sec, tx_sec) in modes.items():
+            rx = stack.enter_context(
+                AmstReceiver(("127.0.0.1", 0), security=rx_sec, max_payload=len(data) + MiB, timeout_s=120)
+            )
+            sender = AmstSender(rx.address, security=tx_sec, timeout_s=120)
+            sender.send(data[: 4 * MiB], "none", streams=streams)  # warm: handshakes, buffers, threads
+            pairs[name] = (rx, sender)
         for _ in range(repeats):
-            c0, t0 = _cpu(), time.perf_counter()
-            report = sender.send(data, "none", streams=streams)
-            got = rx.wait(report.transfer_id, timeout=300)
-            c1, t1 = _cpu(), time.perf_counter()
-            assert got.data == data, "payload differs after reassembly"
-            del got
-            cpu.append(c1 - c0)
-            wall.append(t1 - t0)
-    return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall)}
+            for name, (rx, sender) in pairs.items():
+                c0, t0 = _cpu(), time.perf_counter()
+                report = sender.send(data, "none", streams=streams)
+                got = rx.wait(report.transfer_id, timeout=300)
+                c1, t1 = _cpu(), time.perf_counter()
+                assert got.data == data, "payload differs after reassembly"
+                del got
+                cpu[name].append(c1 - c0)
+                wall[name].append(t1 - t0)
+    return {m: {"cpu_s": statistics.median(cpu[m]), "wall_s": statistics.median(wall[m])} for m in modes}
 
 
 def _median_rate(fn: Callable[[], int], repeats: int) -> float:
@@ -113,6 +127,30 @@ def _hmac_rate(total: int, repeats: int) -> float:
     def run() -> int:
         for _ in range(total // MiB):
             hmac.new(key, msg, hashlib.sha256).digest()
+        return total
+
+    return _median_rate(run, repeats)
+
+
+def _blake2b_rate(total: int, repeats: int) -> float:
+    key, msg = b"K" * 32, memoryview(bytes(MiB))
+
+    def run() -> int:
+        for _ in range(total // MiB):
+            hashlib.blake2b(msg, key=key, digest_size=16).digest()
+        return total
+
+    return _median_rate(run, repeats)
+
+
+def _gmac_rate(total: int, repeats: int) -> float:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    gmac, msg = AESGCM(b"K" * 32), memoryview(bytes(MiB))
+
+    def run() -> int:
+        for i in range(total // MiB):
+            gmac.encrypt(i.to_bytes(12, "little"), b"", msg)
         return total
 
     return _median_rate(run, repeats)
@@ -152,8 +190,10 @@ def cost(gib: float, streams: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         pki = _pki(Path(tmp))
         modes = _modes(pki)
-        runs = {name: _transfer_cpu(rx, tx, data, streams, repeats) for name, (rx, tx) in modes.items()}
+        runs = _transfer_cpu(modes, data, streams, repeats)
         hmac_bps = _hmac_rate(512 * MiB, repeats)
+        blake_bps = _blake2b_rate(512 * MiB, repeats)
+        gmac_bps = _gmac_rate(2048 * MiB, repeats)
         tls_bps = _tls_rate(pki, 512 * MiB, repeats)
     base = runs["insecure"]["cpu_s"]
     rows = []
@@ -177,6 +217,8 @@ def cost(gib: float, streams: int, repeats: int) -> dict[str, Any]:
         "rows": rows,
         "primitives": {
             "hmac_sha256_bytes_per_s": hmac_bps,
+            "keyed_blake2b_bytes_per_s": blake_bps,
+            "aes_gmac_bytes_per_s": gmac_bps,
             "tls_encrypt_and_decrypt_bytes_per_s": tls_bps,
         },
     }
@@ -195,9 +237,12 @@ def main() -> None:
     ap.add_argument("--abusive", type=int, default=1000)
     ap.add_argument("--only", choices=("cost", "abuse"))
     args = ap.parse_args()
-    doc: dict[str, Any] = {"machine": machine()}
+    previous = RESULTS / "amst_security.json"
+    # with --only, the other part's results stay as they were measured (each keeps its own machine)
+    doc: dict[str, Any] = json.loads(previous.read_text()) if args.only and previous.exists() else {}
     if args.only in (None, "cost"):
         doc["cost"] = c = cost(args.gib, args.streams, args.repeats)
+        c["machine"] = machine()
         print(f"\n{'mode':9} {'CPU s/GB':>9} {'extra s/GB':>11} {'s/byte one end':>15} {'wall s':>7}")
         for r in c["rows"]:
             print(
@@ -206,11 +251,14 @@ def main() -> None:
             )
         p = c["primitives"]
         print(
-            f"HMAC-SHA256 {p['hmac_sha256_bytes_per_s'] / GB:.2f} GB/s one core; "
+            f"HMAC-SHA256 {p['hmac_sha256_bytes_per_s'] / GB:.2f} GB/s, "
+            f"keyed BLAKE2b {p['keyed_blake2b_bytes_per_s'] / GB:.2f} GB/s, "
+            f"AES-GMAC {p['aes_gmac_bytes_per_s'] / GB:.2f} GB/s, "
             f"TLS AES-GCM encrypt+decrypt {p['tls_encrypt_and_decrypt_bytes_per_s'] / GB:.2f} GB/s one core"
         )
     if args.only in (None, "abuse"):
         doc["abuse"] = a = abuse(args.abusive, args.repeats)
+        a["machine"] = machine()
         print(
             f"\n{'run':>3} {'legit ok':>8} {'during s':>8} {'after s':>7} {'RSS +MiB':>8} "
             f"{'threads':>7}  refused"

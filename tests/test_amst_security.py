@@ -415,7 +415,8 @@ def test_abuse_leaves_a_legitimate_transfer_served_within_budget() -> None:
     assert result["legit_ok"], (result["legit_during"], result["legit_after"], result["refused"])
     assert result["rss_growth_mib"] < 256 + 100, result
     assert result["max_threads"] <= result["thread_bound"], result
-    assert sum(result["refused"].values()) >= 250, result
+    # floods, garbage, forged and oversize HELLOs end on their own (4 x 60); slow ones may still be held
+    assert sum(result["refused"].values()) >= 240, result
     assert result["refused"]["too_large"] >= 50 and result["refused"]["auth"] >= 50, result
 
 

@@ -49,10 +49,10 @@ from .errors import ConfigError
 from .link import LinkState, SystemState
 
 __all__ = [
+    "AUTH_S_PER_BYTE",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_STRATEGY_ORDER",
     "CostModel",
-    "AUTH_S_PER_BYTE",
     "CostParams",
     "Oracle",
     "OracleDecision",
@@ -96,10 +96,12 @@ LEGACY_VALUES: dict[str, object] = {
     "auth_s_per_byte": 0.0,
 }
 #: CPU seconds per byte on the wire that authenticating AMST costs on each end (``auth_s_per_byte``), by
-#: security mode: HMAC-SHA256 over every message (psk) or TLS records (AES-GCM); measured by
-#: ``bench/amst_security.py`` (docs/decisions/0009-amst-authentication.md). Staging measures the encoders
-#: without the transport, so labels are priced with the mode the deployment runs: ``CostParams.with_auth``.
-AUTH_S_PER_BYTE: dict[str, float] = {"insecure": 0.0, "psk": 7.6e-10, "tls": 3.2e-10}
+#: security mode: AES-GMAC over every message (psk) or TLS records (AES-GCM). Half the extra process CPU
+#: of a verified 1 GiB loopback transfer (both ends in one process) over Insecure, median of 5 rounds;
+#: AMD EPYC, 2 cores, 2026-12-03 (``bench/amst_security.py``, docs/decisions/0009). Staging measures the
+#: encoders without the transport, so labels are priced with the mode the deployment runs
+#: (``CostParams.with_auth``); the default prices none.
+AUTH_S_PER_BYTE: dict[str, float] = {"insecure": 0.0, "psk": 1.5e-10, "tls": 3.5e-10}
 
 FloatArray = npt.NDArray[np.float64]
 
