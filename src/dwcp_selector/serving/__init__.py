@@ -1,7 +1,9 @@
-"""Serving: the selector a sending service embeds (model, fast path, decision cache)."""
+"""Serving: the selector a sending service embeds (model, fast path, decision cache) and the model
+registry it follows (immutable versions, aliases, every move logged)."""
 
 from __future__ import annotations
 
+from .registry import ModelRegistry
 from .selector import Selector
 
-__all__ = ["Selector"]
+__all__ = ["ModelRegistry", "Selector"]

@@ -21,16 +21,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .._types import BytesLike
 from ..costmodel import CostModel
+from ..errors import DwcpError
 from ..hostprofile import HostProfile, compare_to_training_hosts, load_or_calibrate
 from ..link import LinkState, SystemState
 from ..modeling.artifact import load_artifact
 from ..modeling.decide import Decider, Decision
 from ..modeling.policy import FAST
 from ..modeling.runtime import TieredModel
+from .registry import ModelRegistry
 
 __all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_CACHE_TTL_S", "Selector"]
 
@@ -45,6 +47,10 @@ CacheKey = tuple[str, str, int, int, bool]
 class Selector:
     """Chooses the encoder of each transfer with a trained model (thread-safe)."""
 
+    host_profile: HostProfile | None
+    host_report: dict[str, Any]
+    decider: Decider
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -58,10 +64,16 @@ class Selector:
         host) when there is none; ``None`` skips it. ``host_report`` compares it with the model's
         training hosts, and each warning goes to the log. ``model_key``: refuse a model not signed
         with it (``Settings.model_key``, from ``DWCP_MODEL_KEY``)."""
+        self.model_key = model_key
+        self.model_dir = Path(model_dir)
         self.artifact = load_artifact(model_dir, key=model_key)
         self.cost_model = CostModel(self.artifact.cost_params)
         self._model = TieredModel(self.artifact)
         self._adopt(load_or_calibrate() if host_profile == "auto" else host_profile)
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error: str | None = None
+        self._following: threading.Event | None = None
         for message in self.host_report["warnings"]:
             _log.warning("model %s on this host: %s", model_dir, message)
         self.cache_size = cache_size
@@ -80,6 +92,58 @@ class Selector:
         assert profile is not None
         self._adopt(profile)
         return profile
+
+    def reload(self, model_dir: str | Path) -> None:
+        """Decide with the model in ``model_dir`` from the next call on.
+
+        The new model is loaded and verified aside (an error leaves the current one in place and is
+        raised), then swapped in with one assignment of the decider: a decision in flight finishes on
+        the model it started with. Cached decisions of the old model are dropped.
+        """
+        artifact = load_artifact(model_dir, key=self.model_key)
+        cost_model = CostModel(artifact.cost_params)
+        model = TieredModel(artifact)
+        decider = Decider(model, cost_model, self.host_profile)
+        report = compare_to_training_hosts(self.host_profile, artifact.extra.get("training_hosts") or [])
+        with self._lock:
+            self.artifact, self.cost_model, self._model = artifact, cost_model, model
+            self.host_report, self.decider = report, decider
+            self.model_dir = Path(model_dir)
+            self._cache.clear()
+            self.reloads += 1
+
+    def follow(self, registry: ModelRegistry, alias: str = "champion", *, interval_s: float = 2.0) -> None:
+        """Follow ``alias`` of ``registry``: a background thread checks it every ``interval_s`` and
+        reloads when it moves (verified, atomically; a version that fails to load is counted in
+        ``reload_errors`` and the current model stays)."""
+        self.stop_following()
+        stop = threading.Event()
+        self._following = stop
+
+        def run() -> None:
+            while not stop.wait(interval_s):
+                self.check_alias(registry, alias)
+
+        threading.Thread(target=run, name=f"dwcp-follow-{alias}", daemon=True).start()
+
+    def check_alias(self, registry: ModelRegistry, alias: str = "champion") -> bool:
+        """Reload if ``alias`` now points at another version than the one serving; whether it did."""
+        try:
+            path = registry.path(alias)
+            if path.resolve() == self.model_dir.resolve():
+                return False
+            self.reload(path)
+        except DwcpError as exc:
+            self.reload_errors += 1
+            self.last_reload_error = f"{type(exc).__name__}: {exc}"
+            _log.warning("model alias %s of %s not followed: %s", alias, registry.root, exc)
+            return False
+        return True
+
+    def stop_following(self) -> None:
+        if self._following is not None:
+            self._following.set()
+            self._following = None
 
     def _adopt(self, profile: HostProfile | None) -> None:
         """Decide with ``profile`` from the next call on: the decider is built aside, then swapped in."""

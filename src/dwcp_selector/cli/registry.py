@@ -1,0 +1,119 @@
+"""``models``: the model registry (register, promote, roll back, list, show)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..config import Settings
+from ..serving.registry import ALIASES, ModelRegistry
+from ._app import cli, emit, stdout
+
+__all__ = ["models_group"]
+
+_REGISTRY = click.option(
+    "--registry",
+    "registry_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The registry directory.",
+)
+_WHY = click.option("--why", required=True, help="Why (kept in the history with when and who).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _open(registry_dir: Path, *, create: bool = False) -> ModelRegistry:
+    return ModelRegistry(registry_dir, create=create, model_key=Settings.from_env().model_key)
+
+
+@cli.group("models")
+def models_group() -> None:
+    """The model registry: immutable versions, aliases (champion, challenger, previous), history."""
+
+
+@models_group.command("register")
+@_REGISTRY
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--alias", help=f"Also point this alias at it (e.g. {', '.join(ALIASES[:2])}).")
+@click.option("--why", default="", help="Why (kept in the history).")
+@_JSON
+def register_cmd(registry_dir: Path, model_dir: Path, alias: str | None, why: str, as_json: bool) -> None:
+    """Copy MODEL_DIR into the registry as an immutable version, after verifying it loads."""
+    vid = _open(registry_dir, create=True).register(model_dir, alias=alias, why=why)
+    emit(as_json, {"version": vid, "alias": alias}, lambda: click.echo(vid))
+
+
+@models_group.command("promote")
+@_REGISTRY
+@click.argument("ref")
+@click.option("--alias", default="champion", show_default=True, help="The alias to move.")
+@_WHY
+@_JSON
+def promote_cmd(registry_dir: Path, ref: str, alias: str, why: str, as_json: bool) -> None:
+    """Point an alias at REF (a version id, a unique prefix or another alias)."""
+    reg = _open(registry_dir)
+    vid = reg.promote(ref, alias=alias, why=why)
+    emit(as_json, {"alias": alias, "version": vid, "aliases": reg.aliases()}, lambda: click.echo(vid))
+
+
+@models_group.command("rollback")
+@_REGISTRY
+@click.option("--alias", default="champion", show_default=True, help="The alias to move back.")
+@_WHY
+@_JSON
+def rollback_cmd(registry_dir: Path, alias: str, why: str, as_json: bool) -> None:
+    """Move an alias back to the previous version."""
+    reg = _open(registry_dir)
+    vid = reg.rollback(alias=alias, why=why)
+    emit(as_json, {"alias": alias, "version": vid, "aliases": reg.aliases()}, lambda: click.echo(vid))
+
+
+@models_group.command("list")
+@_REGISTRY
+@_JSON
+def list_cmd(registry_dir: Path, as_json: bool) -> None:
+    """Every version, its aliases and its headline metrics."""
+    versions = _open(registry_dir).versions()
+
+    def human() -> None:
+        table = Table("version", "registered", "aliases", "family", "near-optimal")
+        for v in versions:
+            near = v.metrics.get("near_optimal_rate")
+            table.add_row(
+                v.id, v.registered_at, ",".join(v.aliases) or "-", v.family, f"{near:.2%}" if near else "-"
+            )
+        stdout.print(table)
+
+    emit(
+        as_json,
+        {
+            "versions": [
+                {"id": v.id, "registered_at": v.registered_at, "aliases": list(v.aliases), "family": v.family}
+                for v in versions
+            ]
+        },
+        human,
+    )
+
+
+@models_group.command("show")
+@_REGISTRY
+@click.argument("ref", default="champion")
+@_JSON
+def show_cmd(registry_dir: Path, ref: str, as_json: bool) -> None:
+    """One version (verified against its id) and the history of every alias move."""
+    reg = _open(registry_dir)
+    path = reg.path(ref)
+    history = [m.to_dict() for m in reg.history()]
+    doc = {"ref": ref, "version": path.name, "path": str(path), "aliases": reg.aliases(), "history": history}
+
+    def human() -> None:
+        click.echo(f"{ref}: version {path.name} (verified), {path}")
+        table = Table("when", "alias", "from", "to", "why", "who")
+        for m in history:
+            table.add_row(m["at"], m["alias"], m["from"] or "-", m["to"] or "-", m["why"], m["who"])
+        stdout.print(table)
+
+    emit(as_json, doc, human)
