@@ -56,6 +56,8 @@ class Decision:
     rich: RichFeatures | None = None
     latency_s: float = 0.0
     cached: bool = False
+    #: why the rule heuristic decided instead of the model (``None``: the model decided)
+    fallback: str | None = None
 
     @property
     def features(self) -> dict[str, Any]:

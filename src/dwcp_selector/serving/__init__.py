@@ -3,7 +3,8 @@ registry it follows (immutable versions, aliases, every move logged)."""
 
 from __future__ import annotations
 
+from .guarded import GuardedSelector, SelectorMetrics
 from .registry import ModelRegistry
 from .selector import Selector
 
-__all__ = ["ModelRegistry", "Selector"]
+__all__ = ["GuardedSelector", "ModelRegistry", "Selector", "SelectorMetrics"]

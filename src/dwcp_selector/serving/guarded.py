@@ -1,0 +1,186 @@
+"""The selector on the transfer path: the model when it can, the rule heuristic when it cannot, never an
+exception.
+
+:class:`GuardedSelector` wraps a :class:`~dwcp_selector.serving.Selector` (or a registry alias it follows)
+and turns every way a model decision can fail into a decision of the rule heuristic (DESIGN section 6),
+with the reason in ``Decision.fallback`` and counted in ``dwcp_selector_fallbacks_total{reason}``:
+
+``model_unavailable``
+    the model directory is missing, corrupt, tampered (checksum or signature), or made for another cost
+    model or library version: refused on load (the reason's detail is in ``load_error``);
+``unknown_payload_type``
+    a payload type the model was not trained on (the model would read it as ``other``);
+``feature_error``
+    the payload or baseline could not be featurised (a typed error);
+``inference_error``
+    anything else the model raised;
+``low_confidence``
+    the model's confidence is below ``min_confidence`` (0: never);
+``deadline``
+    a model decision took longer than ``deadline_s``: that decision stands (it is paid for), and the
+    next ones go to the heuristic for ``cooldown_s``, counted under this reason, so that an overloaded
+    node stops spending its transfers' time on decisions.
+
+The heuristic itself runs on the light tier's sampled features; if even those fail it answers ``none``
+(reason suffixed ``+none``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from .._types import BytesLike
+from ..errors import ConfigError, DwcpError
+from ..link import LinkState, SystemState
+from ..modeling.baselines import heuristic_decide
+from ..modeling.decide import Decision
+from ..modeling.policy import FAST
+from .registry import ModelRegistry
+from .selector import Selector
+
+__all__ = ["FALLBACK_REASONS", "GuardedSelector", "SelectorMetrics"]
+
+FALLBACK_REASONS = (
+    "model_unavailable",
+    "unknown_payload_type",
+    "feature_error",
+    "inference_error",
+    "low_confidence",
+    "deadline",
+)
+HEURISTIC = "heuristic"
+_log = logging.getLogger(__name__)
+
+
+class SelectorMetrics:
+    """Decisions by strategy and source, fallbacks by reason, decision latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "dwcp_selector_decisions", "Encoder decisions", ["strategy", "source"], registry=r
+        )
+        self.fallbacks = Counter(
+            "dwcp_selector_fallbacks",
+            "Decisions the heuristic took instead of the model",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dwcp_selector_decision_seconds",
+            "Time to decide",
+            buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+            registry=r,
+        )
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)  # every reason exported, at 0 until it happens
+
+
+class GuardedSelector:
+    """A model decision for every transfer, or the heuristic's with the reason why; never raises."""
+
+    def __init__(
+        self,
+        model: str | Path | Selector | None,
+        *,
+        registry: ModelRegistry | None = None,
+        alias: str = "champion",
+        min_confidence: float = 0.0,
+        deadline_s: float = 2e-3,
+        cooldown_s: float = 1.0,
+        metrics: SelectorMetrics | None = None,
+        model_key: bytes | None = None,
+    ) -> None:
+        """``model``: a model directory, a ready :class:`Selector`, or ``None`` with ``registry``
+        (the version ``alias`` names is loaded, and :meth:`follow` keeps to it)."""
+        self.min_confidence = min_confidence
+        self.deadline_s = deadline_s
+        self.cooldown_s = cooldown_s
+        self.metrics = metrics or SelectorMetrics()
+        self.registry, self.alias = registry, alias
+        self.load_error: str | None = None
+        self.selector: Selector | None = None
+        self._cool_until = 0.0
+        try:
+            if isinstance(model, Selector):
+                self.selector = model
+            elif model is not None:
+                self.selector = Selector(model, host_profile=None, model_key=model_key)
+            elif registry is not None:
+                self.selector = Selector(registry.path(alias), host_profile=None, model_key=model_key)
+            else:
+                self.load_error = "no model given"
+        except DwcpError as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            _log.warning("selector on the heuristic: %s", self.load_error)
+        types = self.selector.artifact.tiers if self.selector is not None else {}
+        self.payload_types = frozenset(t for tier in types.values() for t in tier.spec.payload_types)
+
+    def follow(self, interval_s: float = 2.0) -> None:
+        """Follow the registry alias (see :meth:`Selector.follow`)."""
+        if self.registry is None:
+            raise ConfigError("follow() needs a registry")
+        if self.selector is not None:
+            self.selector.follow(self.registry, self.alias, interval_s=interval_s)
+
+    def select(
+        self,
+        payload: BytesLike,
+        link: LinkState,
+        system: SystemState,
+        *,
+        baseline: BytesLike | None = None,
+        payload_type: str = "other",
+        resource_id: str | None = None,
+        history: Mapping[str, float | None] | None = None,
+    ) -> Decision:
+        t0 = time.perf_counter()
+        sel = self.selector
+        if sel is None:
+            return self._heuristic("model_unavailable", payload, link, baseline, t0)
+        if payload_type not in self.payload_types:
+            return self._heuristic("unknown_payload_type", payload, link, baseline, t0)
+        if t0 < self._cool_until:
+            return self._heuristic("deadline", payload, link, baseline, t0)
+        try:
+            d = sel.select(
+                payload,
+                link,
+                system,
+                baseline=baseline,
+                payload_type=payload_type,
+                resource_id=resource_id,
+                history=history,
+            )
+        except DwcpError:
+            return self._heuristic("feature_error", payload, link, baseline, t0)
+        except Exception:  # noqa: BLE001 - a model bug must not reach the transfer
+            _log.exception("model decision failed; the heuristic decides")
+            return self._heuristic("inference_error", payload, link, baseline, t0)
+        if d.tier != FAST and d.confidence < self.min_confidence:
+            return self._heuristic("low_confidence", payload, link, baseline, t0)
+        if d.latency_s > self.deadline_s:
+            self._cool_until = time.perf_counter() + self.cooldown_s
+            _log.warning("decision took %.2f ms (deadline %.2f ms)", d.latency_s * 1e3, self.deadline_s * 1e3)
+        self.metrics.decisions.labels(d.strategy, "model").inc()
+        self.metrics.latency.observe(d.latency_s)
+        return d
+
+    def _heuristic(
+        self, reason: str, payload: BytesLike, link: LinkState, baseline: BytesLike | None, t0: float
+    ) -> Decision:
+        try:
+            strategy = heuristic_decide(payload, link, baseline).strategy
+        except Exception:  # noqa: BLE001 - even the sampled features failed: send it raw
+            strategy, reason = "none", reason + "+none"
+        self.metrics.fallbacks.labels(reason).inc()
+        self.metrics.decisions.labels(strategy, HEURISTIC).inc()
+        latency = time.perf_counter() - t0
+        self.metrics.latency.observe(latency)
+        return Decision(strategy, 0.0, HEURISTIC, latency_s=latency, fallback=reason)
