@@ -390,20 +390,25 @@ def test_a_trickling_transfer_is_failed_by_its_overall_deadline() -> None:
 
 def test_transfer_limits_and_the_failed_transfers_memory() -> None:
     limits = ReceiverLimits(max_transfers=2, memory_budget=512 * MiB)
-    with AmstReceiver(("127.0.0.1", 0), security=KEYS, limits=limits, timeout_s=2) as rx:
-        socks = []
-        for _ in range(3):
-            s = socket.create_connection(rx.address, timeout=5)
-            s.sendall(_psk_hello(uuid.uuid4(), Manifest(64 * MiB, MiB, 64, 0, 0), ALICE, count=2))
-            socks.append(s)
-        ok, message = read_result(socks[2])
-        assert not ok and "transfers in flight" in message
-        assert rx.refusals["transfers"] == 1
-        assert int(rx.stats()["memory_reserved"]) > 128 * MiB  # type: ignore[call-overload]
-        _eventually(lambda: rx.stats()["active_transfers"] == 0, timeout=10)  # the missing streams
-        assert rx.stats()["memory_reserved"] == 0 and rx.stats()["memory_retained"] == 0
-        for s in socks:
-            s.close()
+    # the two admitted transfers wait for a second stream that never comes: timeout_s must outlast the
+    # third HELLO's refusal on a loaded machine, and their watchdog then frees them
+    with AmstReceiver(("127.0.0.1", 0), security=KEYS, limits=limits, timeout_s=5) as rx:
+        socks: list[socket.socket] = []
+        try:
+            for admitted in (1, 2, 2):
+                s = socket.create_connection(rx.address, timeout=10)
+                socks.append(s)
+                s.sendall(_psk_hello(uuid.uuid4(), Manifest(64 * MiB, MiB, 64, 0, 0), ALICE, count=2))
+                _eventually(lambda n=admitted: rx.stats()["active_transfers"] == n)
+            ok, message = read_result(socks[2])
+            assert not ok and "transfers in flight" in message
+            assert rx.refusals["transfers"] == 1
+            assert int(rx.stats()["memory_reserved"]) > 128 * MiB  # type: ignore[call-overload]
+            _eventually(lambda: rx.stats()["active_transfers"] == 0, timeout=15)  # the missing streams
+            assert rx.stats()["memory_reserved"] == 0 and rx.stats()["memory_retained"] == 0
+        finally:
+            for s in socks:
+                s.close()
 
 
 def test_abuse_leaves_a_legitimate_transfer_served_within_budget() -> None:

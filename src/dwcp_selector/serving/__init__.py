@@ -3,8 +3,9 @@ registry it follows (immutable versions, aliases, every move logged)."""
 
 from __future__ import annotations
 
+from .cache import DecisionCache
 from .guarded import GuardedSelector, SelectorMetrics
 from .registry import ModelRegistry
 from .selector import Selector
 
-__all__ = ["GuardedSelector", "ModelRegistry", "Selector", "SelectorMetrics"]
+__all__ = ["DecisionCache", "GuardedSelector", "ModelRegistry", "Selector", "SelectorMetrics"]

@@ -39,7 +39,8 @@ from ..errors import ConfigError, DwcpError
 from ..link import LinkState, SystemState
 from ..modeling.baselines import heuristic_decide
 from ..modeling.decide import Decision
-from ..modeling.policy import FAST
+from ..modeling.policy import FAST, RICH, STRATEGIES
+from .cache import DecisionCache
 from .registry import ModelRegistry
 from .selector import Selector
 
@@ -96,9 +97,13 @@ class GuardedSelector:
         cooldown_s: float = 1.0,
         metrics: SelectorMetrics | None = None,
         model_key: bytes | None = None,
+        cache: DecisionCache | None = None,
     ) -> None:
         """``model``: a model directory, a ready :class:`Selector`, or ``None`` with ``registry``
-        (the version ``alias`` names is loaded, and :meth:`follow` keeps to it)."""
+        (the version ``alias`` names is loaded, and :meth:`follow` keeps to it). ``cache``: the fleet's
+        decision cache; a rich-tier transfer with a ``resource_id`` reuses a decision another node took
+        for the same resource version, link bucket and size bucket, and shares the ones taken here."""
+        self.cache = cache
         self.min_confidence = min_confidence
         self.deadline_s = deadline_s
         self.cooldown_s = cooldown_s
@@ -148,6 +153,21 @@ class GuardedSelector:
             return self._heuristic("unknown_payload_type", payload, link, baseline, t0)
         if t0 < self._cool_until:
             return self._heuristic("deadline", payload, link, baseline, t0)
+        shared = (
+            self.cache is not None and resource_id is not None and self._worth_sharing(sel, payload, link)
+        )
+        if shared:
+            assert self.cache is not None and resource_id is not None
+            hit = self.cache.get_decision(resource_id, link, len(payload))
+            if hit is not None and hit.get("strategy") in STRATEGIES:
+                self.metrics.decisions.labels(hit["strategy"], "cache").inc()
+                return Decision(
+                    str(hit["strategy"]),
+                    float(hit.get("confidence", 0.0)),
+                    str(hit.get("tier", "cached")),
+                    latency_s=time.perf_counter() - t0,
+                    cached=True,
+                )
         try:
             d = sel.select(
                 payload,
@@ -170,7 +190,22 @@ class GuardedSelector:
             _log.warning("decision took %.2f ms (deadline %.2f ms)", d.latency_s * 1e3, self.deadline_s * 1e3)
         self.metrics.decisions.labels(d.strategy, "model").inc()
         self.metrics.latency.observe(d.latency_s)
+        if shared and d.tier == RICH and not d.cached:
+            assert self.cache is not None and resource_id is not None
+            self.cache.put_decision(
+                resource_id,
+                link,
+                len(payload),
+                {"strategy": d.strategy, "confidence": d.confidence, "tier": d.tier},
+            )
         return d
+
+    @staticmethod
+    def _worth_sharing(sel: Selector, payload: BytesLike, link: LinkState) -> bool:
+        """Only a rich-tier decision (probe and similarity features: milliseconds) costs more than a Redis
+        round trip (~0.1 ms on loopback, more across a network); a light one is cheaper to take again."""
+        decider = sel.decider
+        return bool(decider.tier_of(decider.transmit_s(len(payload), link)) == RICH)
 
     def _heuristic(
         self, reason: str, payload: BytesLike, link: LinkState, baseline: BytesLike | None, t0: float
