@@ -1,4 +1,4 @@
-"""``models``: the model registry (register, promote, roll back, list, show)."""
+"""``models``: the model registry (register, promote, roll back, list, show); ``serve``: the HTTP service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..config import Settings
 from ..serving.registry import ALIASES, ModelRegistry
 from ._app import cli, emit, stdout
 
-__all__ = ["models_group"]
+__all__ = ["models_group", "serve_cmd"]
 
 _REGISTRY = click.option(
     "--registry",
@@ -117,3 +117,36 @@ def show_cmd(registry_dir: Path, ref: str, as_json: bool) -> None:
         stdout.print(table)
 
     emit(as_json, doc, human)
+
+
+@cli.command("serve")
+@click.option(
+    "--registry",
+    "registry_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Follow an alias.",
+)
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback unless told otherwise.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def serve_cmd(registry_dir: Path | None, alias: str, model_dir: Path | None, host: str, port: int) -> None:
+    """Serve decisions over HTTP (POST /v1/select); DWCP_RELOAD_TOKEN enables POST /v1/model:reload."""
+    import os
+
+    import uvicorn
+
+    from ..serving.http import create_app
+
+    if (registry_dir is None) == (model_dir is None):
+        raise click.UsageError("give exactly one of --registry and --model")
+    settings = Settings.from_env()
+    registry = ModelRegistry(registry_dir, model_key=settings.model_key) if registry_dir is not None else None
+    app = create_app(
+        model_dir=model_dir,
+        registry=registry,
+        alias=alias,
+        reload_token=os.environ.get("DWCP_RELOAD_TOKEN") or None,
+        model_key=settings.model_key,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -236,6 +236,38 @@ class Decider:
         strategy, confidence = self._fast_rule(link.link_type, has_baseline, payload_type, transmit_s)
         return Decision(strategy, confidence, FAST, latency_s=time.perf_counter() - t0)
 
+    def decide_features(
+        self,
+        size: int,
+        basic: BasicFeatures,
+        link: LinkState,
+        system: SystemState,
+        *,
+        payload_type: str = "other",
+        history: Mapping[str, float | None] | None = None,
+    ) -> Decision:
+        """A decision from features computed elsewhere (a remote caller's sample statistics): the fast
+        path or the light tier; the rich tier needs the payload itself, so it decides at the light one."""
+        t0 = time.perf_counter()
+        transmit = self.transmit_s(size, link)
+        if self.tier_of(transmit) == FAST:
+            return self.fast(t0, transmit, link, basic.has_baseline, payload_type)
+        tm = self.model[LIGHT]
+        vec = decision_vector(
+            tm.spec, size, payload_type, basic, None, link, system, self.cost_model, history or {}, self.host
+        )
+        out = tm.predict_one(vec)
+        costs: dict[str, float] = {}
+        if self.artifact.kind == CMIL:
+            costs = cmil_costs_scalar(out, size, basic.has_baseline, link, system, self.cost_model)
+            strategy = self.oracle.decide(costs).label
+            probs = confidence_scalar(costs, self.artifact.temperature)
+        else:
+            strategy, probs = _classifier_choice(out, basic.has_baseline)
+        return Decision(
+            strategy, probs.get(strategy, 0.0), LIGHT, probs, costs, basic, None, time.perf_counter() - t0
+        )
+
     def decide(
         self,
         payload: BytesLike,

@@ -53,6 +53,7 @@ FALLBACK_REASONS = (
     "inference_error",
     "low_confidence",
     "deadline",
+    "no_sample",  # the HTTP service: a request with neither a payload sample nor its statistics
 )
 HEURISTIC = "heuristic"
 _log = logging.getLogger(__name__)
