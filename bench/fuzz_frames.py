@@ -39,12 +39,10 @@ from __future__ import annotations
 import argparse
 import heapq
 import inspect
-import io
 import multiprocessing
 import os
 import random
 import sys
-import tarfile
 import time
 import traceback
 import warnings
@@ -57,7 +55,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from _common import machine, write
+from _common import machine, stdlib_tar, write
 from dwcp_selector._types import BytesLike
 from dwcp_selector.errors import DwcpError
 from dwcp_selector.strategies import (
@@ -168,18 +166,6 @@ class Corpus:
         ]
 
 
-def _stdlib_tar(size: int) -> bytes:
-    """``size`` bytes of a tarball of this interpreter's standard-library sources (real text)."""
-    lib = Path(tarfile.__file__).parent
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path in sorted(lib.glob("*.py")):
-            tar.add(path, arcname=path.name)
-            if buf.tell() >= size:
-                break
-    return buf.getvalue()[:size]
-
-
 def _elf(size: int, offset: int = 0) -> bytes:
     """``size`` bytes of a compiled extension (real machine code and tables), from ``offset``."""
     import lz4.block
@@ -259,7 +245,7 @@ def build_corpus(seed: int = 1, *, large: bool = True) -> Corpus:
             Entry(name, strategy, "container", blob, data, kw.get("baseline"), None, _weight(blob, data))
         )
 
-    tar = _stdlib_tar(4 * MiB)
+    tar = stdlib_tar(4 * MiB)
     small = {
         "empty": b"",
         "one-byte": b"\x00",

@@ -6,32 +6,17 @@ where they can, it runs, in CI too.
 
 from __future__ import annotations
 
-import io
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import testbed  # noqa: E402  (a bench module, not a package)
+from _common import stdlib_tar  # noqa: E402
 
 RATE = 50e6
 SIZE = 1 << 20
-
-
-def _stdlib_tar(size: int) -> bytes:
-    """``size`` bytes of a tarball of this interpreter's standard library sources: a real payload."""
-    lib = Path(tarfile.__file__).parent
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path in sorted(lib.glob("*.py")):
-            tar.add(path, arcname=path.name)
-            if buf.tell() >= size:
-                break
-    data = buf.getvalue()
-    assert len(data) >= size, "the standard library is smaller than the payload"
-    return data[:size]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +30,9 @@ def netns() -> None:
 @pytest.mark.timeout(60)
 def test_shaped_transfer_is_verified_and_takes_the_link_time(netns: None, tmp_path: Path) -> None:
     payload = tmp_path / "stdlib.tar"
-    payload.write_bytes(_stdlib_tar(SIZE))
+    data = stdlib_tar(SIZE)
+    assert len(data) == SIZE, "the standard library is smaller than the payload"
+    payload.write_bytes(data)
     with testbed.Testbed(RATE, log_dir=tmp_path) as bed:
         names = (bed.sender_ns, bed.receiver_ns)
         assert bed.exists()

@@ -252,21 +252,7 @@ class Decider:
         transmit = self.transmit_s(size, link)
         if self.tier_of(transmit) == FAST:
             return self.fast(t0, transmit, link, basic.has_baseline, payload_type)
-        tm = self.model[LIGHT]
-        vec = decision_vector(
-            tm.spec, size, payload_type, basic, None, link, system, self.cost_model, history or {}, self.host
-        )
-        out = tm.predict_one(vec)
-        costs: dict[str, float] = {}
-        if self.artifact.kind == CMIL:
-            costs = cmil_costs_scalar(out, size, basic.has_baseline, link, system, self.cost_model)
-            strategy = self.oracle.decide(costs).label
-            probs = confidence_scalar(costs, self.artifact.temperature)
-        else:
-            strategy, probs = _classifier_choice(out, basic.has_baseline)
-        return Decision(
-            strategy, probs.get(strategy, 0.0), LIGHT, probs, costs, basic, None, time.perf_counter() - t0
-        )
+        return self._model_decision(LIGHT, size, payload_type, basic, None, link, system, history, t0)
 
     def decide(
         self,
@@ -296,7 +282,22 @@ class Decider:
             )
         basic = basic_features(payload, baseline)
         rich = rich_features(payload, baseline) if chosen_tier == RICH else None
-        tm = self.model[chosen_tier]
+        return self._model_decision(chosen_tier, size, payload_type, basic, rich, link, system, history, t0)
+
+    def _model_decision(
+        self,
+        tier: str,
+        size: int,
+        payload_type: str,
+        basic: BasicFeatures,
+        rich: RichFeatures | None,
+        link: LinkState,
+        system: SystemState,
+        history: Mapping[str, float | None] | None,
+        t0: float,
+    ) -> Decision:
+        """The tier's model on these features: a classifier's choice, or the cost model's argmin."""
+        tm = self.model[tier]
         vec = decision_vector(
             tm.spec, size, payload_type, basic, rich, link, system, self.cost_model, history or {}, self.host
         )
@@ -309,12 +310,5 @@ class Decider:
         else:
             strategy, probs = _classifier_choice(out, basic.has_baseline)
         return Decision(
-            strategy,
-            probs.get(strategy, 0.0),
-            chosen_tier,
-            probs,
-            costs,
-            basic,
-            rich,
-            time.perf_counter() - t0,
+            strategy, probs.get(strategy, 0.0), tier, probs, costs, basic, rich, time.perf_counter() - t0
         )

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .._types import BytesLike
 from ..errors import ConfigError, DwcpError
+from ..features import BasicFeatures
 from ..link import LinkState, SystemState
-from ..modeling.baselines import heuristic_decide
+from ..modeling.baselines import heuristic_decide, heuristic_rule
 from ..modeling.decide import Decision
 from ..modeling.policy import FAST, RICH, STRATEGIES
 from .cache import DecisionCache
@@ -146,31 +147,27 @@ class GuardedSelector:
         resource_id: str | None = None,
         history: Mapping[str, float | None] | None = None,
     ) -> Decision:
+        """The decision for ``payload``: the model's, a cached one, or the heuristic's with the reason."""
         t0 = time.perf_counter()
-        sel = self.selector
-        if sel is None:
-            return self._heuristic("model_unavailable", payload, link, baseline, t0)
-        if payload_type not in self.payload_types:
-            return self._heuristic("unknown_payload_type", payload, link, baseline, t0)
-        if t0 < self._cool_until:
-            return self._heuristic("deadline", payload, link, baseline, t0)
-        shared = (
-            self.cache is not None and resource_id is not None and self._worth_sharing(sel, payload, link)
-        )
-        if shared:
-            assert self.cache is not None and resource_id is not None
-            hit = self.cache.get_decision(resource_id, link, len(payload))
-            if hit is not None and hit.get("strategy") in STRATEGIES:
-                self.metrics.decisions.labels(hit["strategy"], "cache").inc()
-                return Decision(
-                    str(hit["strategy"]),
-                    float(hit.get("confidence", 0.0)),
-                    str(hit.get("tier", "cached")),
-                    latency_s=time.perf_counter() - t0,
-                    cached=True,
-                )
-        try:
-            d = sel.select(
+        shared = False
+
+        def run(sel: Selector) -> Decision:
+            nonlocal shared
+            shared = (
+                self.cache is not None and resource_id is not None and self._worth_sharing(sel, payload, link)
+            )
+            if shared:
+                assert self.cache is not None and resource_id is not None
+                hit = self.cache.get_decision(resource_id, link, len(payload))
+                if hit is not None and hit.get("strategy") in STRATEGIES:
+                    return Decision(
+                        str(hit["strategy"]),
+                        float(hit.get("confidence", 0.0)),
+                        str(hit.get("tier", "cached")),
+                        latency_s=time.perf_counter() - t0,
+                        cached=True,
+                    )
+            return sel.select(
                 payload,
                 link,
                 system,
@@ -179,19 +176,9 @@ class GuardedSelector:
                 resource_id=resource_id,
                 history=history,
             )
-        except DwcpError:
-            return self._heuristic("feature_error", payload, link, baseline, t0)
-        except Exception:  # noqa: BLE001 - a model bug must not reach the transfer
-            _log.exception("model decision failed; the heuristic decides")
-            return self._heuristic("inference_error", payload, link, baseline, t0)
-        if d.tier != FAST and d.confidence < self.min_confidence:
-            return self._heuristic("low_confidence", payload, link, baseline, t0)
-        if d.latency_s > self.deadline_s:
-            self._cool_until = time.perf_counter() + self.cooldown_s
-            _log.warning("decision took %.2f ms (deadline %.2f ms)", d.latency_s * 1e3, self.deadline_s * 1e3)
-        self.metrics.decisions.labels(d.strategy, "model").inc()
-        self.metrics.latency.observe(d.latency_s)
-        if shared and d.tier == RICH and not d.cached:
+
+        d = self._guard(t0, payload_type, run, lambda: heuristic_decide(payload, link, baseline).strategy)
+        if shared and d.fallback is None and d.tier == RICH and not d.cached:
             assert self.cache is not None and resource_id is not None
             self.cache.put_decision(
                 resource_id,
@@ -201,6 +188,63 @@ class GuardedSelector:
             )
         return d
 
+    def select_features(
+        self,
+        size: int,
+        basic: BasicFeatures,
+        link: LinkState,
+        system: SystemState,
+        *,
+        payload_type: str = "other",
+    ) -> Decision:
+        """The same, from features computed elsewhere (a remote caller's sample statistics): the fast path
+        or the light tier (``Decider.decide_features``), under the same guards."""
+        t0 = time.perf_counter()
+        return self._guard(
+            t0,
+            payload_type,
+            lambda sel: sel.decider.decide_features(size, basic, link, system, payload_type=payload_type),
+            lambda: _rule(size, basic, link),
+        )
+
+    def rule_decision(self, reason: str, size: int, basic: BasicFeatures, link: LinkState) -> Decision:
+        """The heuristic's decision on features, counted under ``reason`` (a caller's own fallback)."""
+        return self._fallback(reason, lambda: _rule(size, basic, link), time.perf_counter())
+
+    def _guard(
+        self,
+        t0: float,
+        payload_type: str,
+        run: Callable[[Selector], Decision],
+        rule: Callable[[], str],
+    ) -> Decision:
+        """``run`` on the selector, or ``rule`` with the reason whenever the model cannot decide."""
+        sel = self.selector
+        if sel is None:
+            return self._fallback("model_unavailable", rule, t0)
+        if payload_type not in self.payload_types:
+            return self._fallback("unknown_payload_type", rule, t0)
+        if t0 < self._cool_until:
+            return self._fallback("deadline", rule, t0)
+        try:
+            d = run(sel)
+        except DwcpError:
+            return self._fallback("feature_error", rule, t0)
+        except Exception:  # noqa: BLE001 - a model bug must not reach the transfer
+            _log.exception("model decision failed; the heuristic decides")
+            return self._fallback("inference_error", rule, t0)
+        if d.cached and d.tier != FAST:  # the fleet cache's (the selector's own answers on the fast path)
+            self.metrics.decisions.labels(d.strategy, "cache").inc()
+            return d
+        if d.tier != FAST and d.confidence < self.min_confidence:
+            return self._fallback("low_confidence", rule, t0)
+        if d.latency_s > self.deadline_s:
+            self._cool_until = time.perf_counter() + self.cooldown_s
+            _log.warning("decision took %.2f ms (deadline %.2f ms)", d.latency_s * 1e3, self.deadline_s * 1e3)
+        self.metrics.decisions.labels(d.strategy, "model").inc()
+        self.metrics.latency.observe(d.latency_s)
+        return d
+
     @staticmethod
     def _worth_sharing(sel: Selector, payload: BytesLike, link: LinkState) -> bool:
         """Only a rich-tier decision (probe and similarity features: milliseconds) costs more than a Redis
@@ -208,11 +252,9 @@ class GuardedSelector:
         decider = sel.decider
         return bool(decider.tier_of(decider.transmit_s(len(payload), link)) == RICH)
 
-    def _heuristic(
-        self, reason: str, payload: BytesLike, link: LinkState, baseline: BytesLike | None, t0: float
-    ) -> Decision:
+    def _fallback(self, reason: str, rule: Callable[[], str], t0: float) -> Decision:
         try:
-            strategy = heuristic_decide(payload, link, baseline).strategy
+            strategy = rule()
         except Exception:  # noqa: BLE001 - even the sampled features failed: send it raw
             strategy, reason = "none", reason + "+none"
         self.metrics.fallbacks.labels(reason).inc()
@@ -220,3 +262,7 @@ class GuardedSelector:
         latency = time.perf_counter() - t0
         self.metrics.latency.observe(latency)
         return Decision(strategy, 0.0, HEURISTIC, latency_s=latency, fallback=reason)
+
+
+def _rule(size: int, basic: BasicFeatures, link: LinkState) -> str:
+    return heuristic_rule(size, basic.entropy, basic.has_baseline, basic.similarity_pages, link)

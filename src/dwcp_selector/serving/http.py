@@ -35,8 +35,6 @@ from .._version import __version__
 from ..errors import DwcpError
 from ..features import BasicFeatures, basic_features
 from ..link import LinkState, SystemState
-from ..modeling.baselines import heuristic_rule
-from ..modeling.decide import Decision
 from .guarded import GuardedSelector, SelectorMetrics
 from .registry import ModelRegistry
 
@@ -141,37 +139,22 @@ def _features(req: SelectIn) -> BasicFeatures | None:
 
 
 class _Service:
-    def __init__(self, guard: GuardedSelector, token: str | None, version: str | None) -> None:
-        self.guard, self.token, self.version = guard, token, version
+    def __init__(self, guard: GuardedSelector, version: str | None) -> None:
+        self.guard, self.version = guard, version
 
     def decide(self, req: SelectIn) -> DecisionOut:
         t0 = time.perf_counter()
         link = _link(req.link)
         basic = _features(req)
-        system = SystemState(free_cores=req.free_cores)
-        g = self.guard
-        sel = g.selector
-        d: Decision
         if basic is None:  # nothing known of the content: the heuristic, on size, link and baseline
             similarity = req.similarity if req.has_baseline else None
             basic = BasicFeatures(req.payload_bytes, req.has_baseline, 0, 0.0, 0.0, 0.0, similarity, 0.0)
-            d = self._heuristic(req, basic, link, "no_sample", t0)
-        elif sel is None or req.payload_type not in g.payload_types:
-            reason = "model_unavailable" if sel is None else "unknown_payload_type"
-            d = self._heuristic(req, basic, link, reason, t0)
+            d = self.guard.rule_decision("no_sample", req.payload_bytes, basic, link)
         else:
-            try:
-                d = sel.decider.decide_features(
-                    req.payload_bytes, basic, link, system, payload_type=req.payload_type
-                )
-            except Exception:  # noqa: BLE001 - the heuristic answers; counted by reason
-                d = self._heuristic(req, basic, link, "inference_error", t0)
-            else:
-                if d.tier != "fast" and d.confidence < g.min_confidence:
-                    d = self._heuristic(req, basic, link, "low_confidence", t0)
-                else:
-                    g.metrics.decisions.labels(d.strategy, "model").inc()
-                    g.metrics.latency.observe(d.latency_s)
+            system = SystemState(free_cores=req.free_cores)
+            d = self.guard.select_features(
+                req.payload_bytes, basic, link, system, payload_type=req.payload_type
+            )
         return DecisionOut(
             strategy=d.strategy,
             confidence=d.confidence if math.isfinite(d.confidence) else 0.0,
@@ -180,17 +163,6 @@ class _Service:
             latency_s=time.perf_counter() - t0,
             model_version=self.version if d.fallback is None else None,
         )
-
-    def _heuristic(
-        self, req: SelectIn, basic: BasicFeatures, link: LinkState, reason: str, t0: float
-    ) -> Decision:
-        strategy = heuristic_rule(
-            req.payload_bytes, basic.entropy, req.has_baseline, basic.similarity_pages, link
-        )
-        g = self.guard
-        g.metrics.fallbacks.labels(reason).inc()
-        g.metrics.decisions.labels(strategy, "heuristic").inc()
-        return Decision(strategy, 0.0, "heuristic", latency_s=time.perf_counter() - t0, fallback=reason)
 
 
 def create_app(
@@ -217,7 +189,7 @@ def create_app(
         else:
             guard = GuardedSelector(model_dir, metrics=metrics, model_key=model_key)
             version = Path(model_dir).name if model_dir is not None and guard.selector is not None else None
-        return _Service(guard, reload_token, version)
+        return _Service(guard, version)
 
     state = {"service": load()}
     app = FastAPI(

@@ -66,9 +66,8 @@ class Selector:
         with it (``Settings.model_key``, from ``DWCP_MODEL_KEY``)."""
         self.model_key = model_key
         self.model_dir = Path(model_dir)
-        self.artifact = load_artifact(model_dir, key=model_key)
-        self.cost_model = CostModel(self.artifact.cost_params)
-        self._model = TieredModel(self.artifact)
+        self._model = _load(model_dir, model_key)
+        self.artifact, self.cost_model = self._model.artifact, CostModel(self._model.artifact.cost_params)
         self._adopt(load_or_calibrate() if host_profile == "auto" else host_profile)
         self.reloads = 0
         self.reload_errors = 0
@@ -100,13 +99,11 @@ class Selector:
         raised), then swapped in with one assignment of the decider: a decision in flight finishes on
         the model it started with. Cached decisions of the old model are dropped.
         """
-        artifact = load_artifact(model_dir, key=self.model_key)
-        cost_model = CostModel(artifact.cost_params)
-        model = TieredModel(artifact)
-        decider = Decider(model, cost_model, self.host_profile)
-        report = compare_to_training_hosts(self.host_profile, artifact.extra.get("training_hosts") or [])
+        model = _load(model_dir, self.model_key)
+        cost_model = CostModel(model.artifact.cost_params)
+        decider, report = _decider(model, cost_model, self.host_profile)
         with self._lock:
-            self.artifact, self.cost_model, self._model = artifact, cost_model, model
+            self.artifact, self.cost_model, self._model = model.artifact, cost_model, model
             self.host_report, self.decider = report, decider
             self.model_dir = Path(model_dir)
             self._cache.clear()
@@ -147,8 +144,7 @@ class Selector:
 
     def _adopt(self, profile: HostProfile | None) -> None:
         """Decide with ``profile`` from the next call on: the decider is built aside, then swapped in."""
-        decider = Decider(self._model, self.cost_model, profile)
-        report = compare_to_training_hosts(profile, self.artifact.extra.get("training_hosts") or [])
+        decider, report = _decider(self._model, self.cost_model, profile)
         self.host_profile, self.host_report, self.decider = profile, report, decider
 
     @staticmethod
@@ -224,3 +220,16 @@ class Selector:
             for k in keys:
                 del self._cache[k]
         return len(keys)
+
+
+def _load(model_dir: str | Path, key: bytes | None) -> TieredModel:
+    """A model directory, verified (with ``key``: signed by it), ready to run."""
+    return TieredModel(load_artifact(model_dir, key=key))
+
+
+def _decider(
+    model: TieredModel, cost_model: CostModel, profile: HostProfile | None
+) -> tuple[Decider, dict[str, Any]]:
+    """A decider for ``model`` on this node, and how the node compares with the model's training hosts."""
+    hosts = model.artifact.extra.get("training_hosts") or []
+    return Decider(model, cost_model, profile), compare_to_training_hosts(profile, hosts)
