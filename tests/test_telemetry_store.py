@@ -15,7 +15,15 @@ import pytest
 from dwcp_selector.errors import ConfigError
 from dwcp_selector.telemetry import postgres as postgres_store
 from dwcp_selector.telemetry import sqlite as sqlite_store
-from dwcp_selector.telemetry.schema import COLUMN_NAMES, COLUMNS, RELAXED_IN_2, SCHEMA_VERSION, TABLE
+from dwcp_selector.telemetry.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    LABELLED_SOURCES,
+    RELAXED_IN_2,
+    RELAXED_IN_4,
+    SCHEMA_VERSION,
+    TABLE,
+)
 from dwcp_selector.telemetry.store import StoreError, StoreUnavailableError, TelemetryStore, open_store
 
 from .conftest import full_record
@@ -209,3 +217,44 @@ def test_postgres_table_is_partitioned_by_day_with_partitions_ahead(pg_url: str)
 def test_postgres_unreachable_is_a_typed_error() -> None:
     with pytest.raises(StoreUnavailableError, match="not reachable"):
         open_store("postgresql://postgres@127.0.0.1:1/test")
+
+
+def test_a_version_3_store_migrates_to_unlabelled_transfer_rows(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 4: a store of labelled staging rows keeps them, then also takes the transfer path's rows
+    (achieved outcomes, no label); a staging or audit row without its label is still refused."""
+    module = sqlite_store if store_url.startswith("sqlite") else postgres_store
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:3])
+        m.setattr(module, "SCHEMA_VERSION", 3)
+        with open_store(store_url) as v3:
+            assert v3.migrate() == 3
+            v3_cols = [c.name for c in COLUMNS if c.since <= 3]
+            if store_url.startswith("sqlite"):
+                rec = full_record(1, NOW.timestamp())
+                db = sqlite3.connect(store_url[len("sqlite:///") :])
+                with db:
+                    db.execute(
+                        f"INSERT INTO {TABLE} ({','.join(v3_cols)}) VALUES ({','.join('?' * len(v3_cols))})",
+                        [rec[c] for c in v3_cols],
+                    )
+                db.close()
+    with open_store(store_url) as v4:
+        assert v4.migrate() == SCHEMA_VERSION
+        before = v4.count()
+        unlabelled = {name: None for name in RELAXED_IN_4}
+        prod = full_record(
+            5, NOW, source="production", used_wire_bytes=1234, fallback_reason="deadline", **unlabelled
+        )
+        assert v4.write_batch([prod]) == 1
+        for source in LABELLED_SOURCES:
+            with pytest.raises(ConfigError, match="must carry its label"):
+                v4.write_batch([full_record(6, NOW, source=source, **unlabelled)])
+        got = {r["request_id"]: r for r in v4.read_table().to_pylist()}
+        assert got["req-00000005"]["oracle_label"] is None
+        assert got["req-00000005"]["used_wire_bytes"] == 1234
+        assert got["req-00000005"]["fallback_reason"] == "deadline"
+        assert v4.count() == before + 1
+        if store_url.startswith("sqlite"):
+            assert before == 1 and got["req-00000001"]["oracle_label"] == "zstd"

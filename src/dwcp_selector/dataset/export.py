@@ -106,8 +106,19 @@ def export_dataset(
     csv: bool = True,
 ) -> ExportReport:
     """Write the splits of ``table`` to ``out_dir``; see the module docstring."""
+    unlabelled = 0
+    if table.num_rows:
+        # training data is staging's: every offered strategy measured and priced. The transfer path's
+        # rows (production, shadow, ab: achieved outcomes, no label) and its audit re-measurements (a
+        # sample of production, light-tier features only) are not mixed into it.
+        staging = pc.equal(table.column("source"), "staging")
+        unlabelled = table.num_rows - int(pc.sum(staging).as_py() or 0)
+        table = table.filter(staging)
     if table.num_rows == 0:
-        raise ConfigError("nothing to export: the store holds no records")
+        raise ConfigError(
+            "nothing to export: the store holds no staging records"
+            + (f" ({unlabelled} transfer-path records, which carry no label)" if unlabelled else "")
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = split_sessions(table, all_test=all_test, holdout_types=holdout_types)
@@ -139,6 +150,7 @@ def export_dataset(
         "split": "all_test" if all_test else "sessions by first timestamp, 70/15/15",
         "holdout_types": list(holdout_types),
         "rows": rows,
+        "skipped_non_staging_rows": unlabelled,
         "feature_columns": list(FEATURE_COLUMNS),
         "label_column": "oracle_label",
         "cost_columns": [f"cost_{s}_s" for s in STRATEGIES],

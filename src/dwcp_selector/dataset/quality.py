@@ -4,14 +4,15 @@ The quality score is the mean of five shares, each in [0, 1] (``docs/data-qualit
 
 * **completeness** - 1 − missing cells / expected cells. A cell is *expected* where the schema and the
   record say it must exist: required columns always; HDE's outcome, cost and similarity columns only when
-  the record has a baseline; ``used_*`` only for production rows; moving averages never (the first
-  version of a session has no history);
+  the record has a baseline; outcomes and labels only for labelled rows (``staging`` and ``audit``: the
+  transfer path's own rows have achieved outcomes instead); ``used_*`` only for production rows; moving
+  averages never (the first version of a session has no history);
 * **validity** - share of rows whose every value is in range (entropy in [0, 8], shares in [0, 1],
   sizes ≥ 0, times finite and ≥ 0, costs finite and > 0, link and node values physical, label among the
   offered strategies);
 * **uniqueness** - 1 − duplicated request ids / rows;
-* **consistency** - share of rows whose cost vector, recomputed from the stored outcomes, link and node
-  with this build's cost model, matches the stored one, and whose label is the oracle's choice on it;
+* **consistency** - share of labelled rows whose cost vector, recomputed from the stored outcomes, link and
+  node with this build's cost model, matches the stored one, and whose label is the oracle's choice on it;
 * **plausibility** - 1 − share of rows with a timing outlier: an encode or decode speed more than 8
   robust standard deviations (MAD) from the median speed of its strategy, payload type (and HDE tier)
   and size decade, judged once per measured payload, in groups of at least 20 payloads (speeds differ
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 
 from ..costmodel import CostModel, Oracle
 from ..link import LINK_CLASSES
-from ..telemetry.schema import COLUMNS, STRATEGIES
+from ..telemetry.schema import COLUMNS, LABELLED_SOURCES, RELAXED_IN_4, STRATEGIES
 
 __all__ = ["BARS", "QualityReport", "assess"]
 
@@ -125,17 +126,26 @@ def expected_mask(table: pa.Table) -> dict[str, np.ndarray]:
     has_base = _np(table, "f_has_baseline")
     source = _np(table, "source")
     production = source != "staging"
+    labelled = np.isin(source, LABELLED_SOURCES)
     out: dict[str, np.ndarray] = {}
     for c in COLUMNS:
         if not c.nullable:
             out[c.name] = np.ones(n, dtype=bool)
-        elif c.name == "f_similarity_pages" or c.name.startswith(("o_hde_", "cost_hde")):
+        elif c.name in RELAXED_IN_4:
+            out[c.name] = labelled
+        elif c.name.startswith(("o_hde_", "cost_hde")):
+            out[c.name] = has_base & labelled
+        elif c.group in ("outcome", "label"):
+            out[c.name] = labelled
+        elif c.name == "f_similarity_pages":
             out[c.name] = has_base
         elif c.name.startswith(("f_similarity_", "p_hde_")):
             out[c.name] = has_base & ~production  # rich tier and probe baseline: staging measures them
         elif c.group == "probe" or c.name in RICH_OR_NEW:
             out[c.name] = ~production
         elif c.name.startswith("f_prev_") or c.name in ("model_version", "decision_s"):
+            out[c.name] = np.zeros(n, dtype=bool)
+        elif c.since >= 4:  # the transfer path's own columns: present where the path knew them
             out[c.name] = np.zeros(n, dtype=bool)
         elif c.name.startswith("used_"):
             out[c.name] = production
@@ -218,7 +228,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
     offered = np.zeros(n, dtype=bool)
     for s in STRATEGIES:
         offered |= (label == s) & ~np.isnan(_np(table, f"cost_{s}_s"))
-    check("oracle_label offered", offered)
+    check("oracle_label offered", offered | ~np.isin(_np(table, "source"), LABELLED_SOURCES))
     invalid_rows = np.zeros(n, dtype=bool)
     for bad in checks.values():
         invalid_rows |= bad
@@ -263,6 +273,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
         labels[finite] = np.array(STRATEGIES, dtype=object)[idx[finite]]
         consistent &= finite & (labels == label)
         consistent &= _np(table, "cost_params") == cost_model.params.fingerprint
+        consistent |= ~np.isin(_np(table, "source"), LABELLED_SOURCES)  # no label to recompute
     inconsistent = int(n - np.count_nonzero(consistent))
     consistency = 1.0 - inconsistent / n if n else 0.0
 

@@ -29,7 +29,9 @@ from ..errors import ConfigError
 from .schema import (
     COLUMN_NAMES,
     COLUMNS,
+    LABEL_CHECK,
     RELAXED_IN_2,
+    RELAXED_IN_4,
     SCHEMA_VERSION,
     TABLE,
     Column,
@@ -73,7 +75,7 @@ def _ddl() -> str:
     """The table as schema version 1 declared it; migration 2 adds and relaxes columns."""
 
     def null(c: Column) -> str:
-        return "" if c.nullable and c.name not in RELAXED_IN_2 else " NOT NULL"
+        return "" if c.nullable and c.name not in RELAXED_IN_2 + RELAXED_IN_4 else " NOT NULL"
 
     cols = ",\n  ".join(f"{c.name} {_PG_TYPE[c.kind]}{null(c)}" for c in COLUMNS if c.since == 1)
     return (
@@ -107,6 +109,19 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {_PG_TYPE[c.kind]}"
             for c in COLUMNS
             if c.since == 3
+        ],
+    ),
+    (
+        4,
+        "the transfer path's rows: achieved outcomes, shadow, A/B and audit columns; labels nullable",
+        [
+            *(
+                f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {c.name} {_PG_TYPE[c.kind]}"
+                for c in COLUMNS
+                if c.since == 4
+            ),
+            *(f"ALTER TABLE {TABLE} ALTER COLUMN {name} DROP NOT NULL" for name in RELAXED_IN_4),
+            f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_labelled CHECK ({LABEL_CHECK})",
         ],
     ),
 ]

@@ -12,9 +12,15 @@ Columns come in groups, and the groups are the leakage rule made concrete (DESIG
   sees, kept to evaluate that policy; never an input of the model;
 * **labels** - the cost of every offered strategy under this record's link and node, the oracle's label,
   its cost and the runner-up gap;
-* **used** - the strategy actually used and its achieved time (production, shadow and A/B rows);
+* **used** - what the transfer path decided and achieved (production, shadow, audit and A/B rows):
+  strategy, tier, fallback reason, model version, decision time, wire bytes, encode/send/decode seconds,
+  error; the shadow candidate's choice; the experiment arm; for an audit row, the transfer it audits;
 * **meta** - cost-model fingerprint, feature and schema versions, library version, quality flags, and
   the measuring host's profile id and CPU (the profile's rates are ``f_host_*`` features).
+
+Every row of ``source`` ``staging`` (and ``audit``, the transfer path's sampled re-measurements) carries
+labels; ``production``, ``shadow`` and ``ab`` rows carry achieved outcomes and, from schema version 4 on,
+no label (:data:`LABELLED_SOURCES`).
 
 ``COLUMNS`` is the single definition the SQLite and PostgreSQL DDL, the Parquet schema and the data
 checks are generated from.
@@ -34,7 +40,11 @@ from ..errors import ConfigError
 from ..hostprofile import HOST_FEATURE_STRATEGIES
 
 __all__ = [
+    "LABELLED_SOURCES",
+    "LABEL_CHECK",
     "RELAXED_IN_2",
+    "RELAXED_IN_4",
+    "SOURCES",
     "COLUMNS",
     "COLUMN_NAMES",
     "FEATURE_COLUMNS",
@@ -49,7 +59,7 @@ __all__ = [
 ]
 
 TABLE = "compression_telemetry"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Columns that schema version 1 declared NOT NULL and version 2 made nullable (the rich-tier features,
 #: which a collector on the decision path computes only for transfers large enough to pay for them).
@@ -60,6 +70,14 @@ RELAXED_IN_2 = (
     "f_probe_s",
     "f_similarity_s",
 )
+#: Columns that version 3 declared NOT NULL and version 4 made nullable: the transfer path's rows
+#: (production, shadow, A/B) have achieved outcomes but no oracle label.
+RELAXED_IN_4 = ("oracle_label", "oracle_cost_s")
+#: What a row's ``source`` may be; the first two carry labels (every offered strategy measured).
+SOURCES = ("staging", "audit", "production", "shadow", "ab")
+LABELLED_SOURCES = ("staging", "audit")
+#: The store-side form of that rule (a CHECK constraint from schema version 4 on).
+LABEL_CHECK = "source NOT IN ('staging', 'audit') OR (oracle_label IS NOT NULL AND oracle_cost_s IS NOT NULL)"
 STRATEGIES: tuple[str, ...] = DEFAULT_STRATEGY_ORDER
 
 
@@ -79,6 +97,7 @@ class QualityFlag(enum.IntFlag):
     NEAR_TIE = 2  # the runner-up is within the oracle's 1 % tie band
     SINGLE_TIMING = 4  # measured once (payload of 1 MiB or more), not the least of repeats
     COARSE_TIMING = 8  # some encode or decode took under 20 µs: close to the clock's resolution
+    SAMPLED = 16  # an audit measured a bounded sample of the payload and scaled it to the whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +117,7 @@ def _c(name: str, kind: Kind, group: str, nullable: bool = True, doc: str = "", 
 _IDS = [
     _c("request_id", Kind.TEXT, "id", False, "unique id of the transfer request"),
     _c("ts", Kind.TIME, "id", False, "when the transfer started (UTC)"),
-    _c("source", Kind.TEXT, "id", False, "staging, production, shadow or ab"),
+    _c("source", Kind.TEXT, "id", False, "staging, audit, production, shadow or ab"),
     _c("session_id", Kind.TEXT, "id", False, "the session: a VM, disk, database or stream being shipped"),
     _c("resource_id", Kind.TEXT, "id", False, "the resource whose versions the session ships"),
     _c("payload_group_id", Kind.TEXT, "id", False, "the measured payload; re-priced draws share it"),
@@ -171,15 +190,35 @@ _LABELS = [
     for s in STRATEGIES
 ]
 _LABELS += [
-    _c("oracle_label", Kind.TEXT, "label", False),
-    _c("oracle_cost_s", Kind.REAL, "label", False),
+    _c("oracle_label", Kind.TEXT, "label", True, "null on unlabelled rows (production, shadow, ab)"),
+    _c("oracle_cost_s", Kind.REAL, "label", True, "null on unlabelled rows"),
     _c("runner_up_gap", Kind.REAL, "label", True, "how much slower the best other strategy is (0.02 = 2 %)"),
 ]
 _USED = [
     _c("used_strategy", Kind.TEXT, "used", True, "strategy actually used (production, shadow, A/B)"),
-    _c("used_time_s", Kind.REAL, "used", True, "achieved transfer time"),
+    _c("used_time_s", Kind.REAL, "used", True, "achieved transfer time: decision + send, end to end"),
     _c("decision_s", Kind.REAL, "used", True, "seconds the decision took"),
     _c("model_version", Kind.TEXT, "used", True),
+    _c("used_tier", Kind.TEXT, "used", True, "fast, light, rich, heuristic or cached", since=4),
+    _c("fallback_reason", Kind.TEXT, "used", True, "why the heuristic decided (null: the model)", since=4),
+    _c("used_wire_bytes", Kind.INT, "used", True, "bytes on the wire, AMST framing included", since=4),
+    _c("used_encode_s", Kind.REAL, "used", True, "encoder seconds, summed over chunks", since=4),
+    _c(
+        "used_send_s",
+        Kind.REAL,
+        "used",
+        True,
+        "first connect to the receiver's verified answer (encode, wire, decode overlap in it)",
+        since=4,
+    ),
+    _c("used_decode_s", Kind.REAL, "used", True, "receiver's decode s over chunks, verify incl.", since=4),
+    _c("used_error", Kind.TEXT, "used", True, "the transfer's error (null: completed and verified)", since=4),
+    _c("shadow_strategy", Kind.TEXT, "used", True, "the shadow candidate's choice (not acted on)", since=4),
+    _c("shadow_model_version", Kind.TEXT, "used", True, "the shadow candidate's model version", since=4),
+    _c("experiment", Kind.TEXT, "used", True, "A/B experiment id", since=4),
+    _c("arm", Kind.TEXT, "used", True, "A/B arm: control or treatment", since=4),
+    _c("propensity", Kind.REAL, "used", True, "probability of the arm this unit was assigned", since=4),
+    _c("parent_request_id", Kind.TEXT, "used", True, "audit rows: the transfer they re-measure", since=4),
 ]
 _META = [
     _c("cost_params", Kind.TEXT, "meta", False, "fingerprint of the cost-model parameters"),
@@ -255,6 +294,13 @@ def validate(record: Mapping[str, Any]) -> tuple[Any, ...]:
     if None in _required(row):
         missing = [c.name for c, v in zip(COLUMNS, row, strict=True) if v is None and not c.nullable]
         raise ConfigError(f"telemetry record lacks required fields {missing}")
+    source = record.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"telemetry record source must be one of {list(SOURCES)}, got {source!r}")
+    if source in LABELLED_SOURCES:
+        unlabelled = [name for name in RELAXED_IN_4 if record.get(name) is None]
+        if unlabelled:
+            raise ConfigError(f"a {source} record must carry its label: {unlabelled} missing")
     ts = row[_TS]
     if not isinstance(ts, dt.datetime) or ts.tzinfo is None:
         raise ConfigError(f"ts must be a timezone-aware datetime, got {ts!r}")

@@ -21,7 +21,9 @@ from ..errors import ConfigError
 from .schema import (
     COLUMN_NAMES,
     COLUMNS,
+    LABEL_CHECK,
     RELAXED_IN_2,
+    RELAXED_IN_4,
     SCHEMA_VERSION,
     TABLE,
     Column,
@@ -52,24 +54,30 @@ _SQL_TYPE = {
 
 
 def _ddl(version: int, table: str = TABLE) -> str:
-    """The table as schema ``version`` declared it (version 1 kept the rich features NOT NULL)."""
+    """The table as schema ``version`` declared it (version 1 kept the rich features NOT NULL, versions
+    before 4 the label)."""
 
     def null(c: Column) -> str:
-        nullable = c.nullable and not (version < 2 and c.name in RELAXED_IN_2)
+        nullable = (
+            c.nullable
+            and not (version < 2 and c.name in RELAXED_IN_2)
+            and not (version < 4 and c.name in RELAXED_IN_4)
+        )
         return "" if nullable else " NOT NULL"
 
     cols = ",\n  ".join(f"{c.name} {_SQL_TYPE[c.kind]}{null(c)}" for c in COLUMNS if c.since <= version)
-    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (request_id)\n)"
+    check = f",\n  CHECK ({LABEL_CHECK})" if version >= 4 else ""
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (request_id){check}\n)"
 
 
-def _rebuild_v2() -> list[str]:
-    """SQLite cannot drop NOT NULL in place: copy version 1's rows into the version 2 table."""
-    v1 = ", ".join(c.name for c in COLUMNS if c.since == 1)
+def _rebuild(version: int) -> list[str]:
+    """SQLite cannot drop NOT NULL in place: copy the previous version's rows into this version's table."""
+    kept = ", ".join(c.name for c in COLUMNS if c.since < version)
     return [
-        _ddl(2, f"{TABLE}_v2"),
-        f"INSERT INTO {TABLE}_v2 ({v1}) SELECT {v1} FROM {TABLE}",
+        _ddl(version, f"{TABLE}_v{version}"),
+        f"INSERT INTO {TABLE}_v{version} ({kept}) SELECT {kept} FROM {TABLE}",
         f"DROP TABLE {TABLE}",
-        f"ALTER TABLE {TABLE}_v2 RENAME TO {TABLE}",
+        f"ALTER TABLE {TABLE}_v{version} RENAME TO {TABLE}",
     ]
 
 
@@ -84,12 +92,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         2,
         "text share feature, sampling-probe baseline columns, nullable rich-tier features",
-        _rebuild_v2(),
+        _rebuild(2),
     ),
     (
         3,
         "the measuring host's speed profile",
         [f"ALTER TABLE {TABLE} ADD COLUMN {c.name} {_SQL_TYPE[c.kind]}" for c in COLUMNS if c.since == 3],
+    ),
+    (
+        4,
+        "the transfer path's rows: achieved outcomes, shadow, A/B and audit columns; labels nullable",
+        _rebuild(4),
     ),
 ]
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import socket
 import ssl
 import threading
@@ -165,6 +166,7 @@ class ReceivedTransfer:
     elapsed_s: float
     resource_id: str
     peer: str = ""
+    decode_s: float = 0.0  # decoder seconds summed over chunks, the payload's verification included
 
 
 class _Refusal(CapacityError):
@@ -233,6 +235,7 @@ class _Transfer:
         self.auths: dict[int, MessageAuth] = {}
         self.ended: dict[int, int] = {}
         self.wire_bytes = 0
+        self.decode_s = 0.0  # decoder seconds summed over chunks (streams decode in parallel)
         self.started = time.perf_counter()
         self.result: ReceivedTransfer | None = None
         self.encoder = receiver.registry.by_id(m.strategy_id)
@@ -420,11 +423,14 @@ class _Transfer:
         while True:
             start = chunk_index * size
             history = out[start - header.context_length : start]
+            t0 = time.perf_counter()
             data = self.encoder.decode_parsed(header, body, self.baseline, history)
             out[start : start + len(data)] = data
+            spent = time.perf_counter() - t0
             with self.lock:
                 if self.error is not None:
                     return
+                self.decode_s += spent
                 self.decoded[chunk_index] = 1
                 self.space.notify_all()  # a frame held back may have just got its context
                 nxt = next(
@@ -461,7 +467,10 @@ class _Transfer:
         if undecoded:  # pragma: no cover - every stream drains what it completes before reading END
             self.fail(ProtocolError(f"transfer {self.id}: chunks {undecoded[:20]} never decoded"))
             return
-        if xxhash.xxh3_64_intdigest(self.output) != self.manifest.payload_checksum:
+        t0 = time.perf_counter()
+        verified = xxhash.xxh3_64_intdigest(self.output) == self.manifest.payload_checksum
+        verify_s = time.perf_counter() - t0
+        if not verified:
             self.fail(ProtocolError(f"transfer {self.id}: payload checksum mismatch after reassembly"))
             return
         with self.lock:
@@ -476,11 +485,14 @@ class _Transfer:
                 elapsed_s=time.perf_counter() - self.started,
                 resource_id=self.manifest.resource_id,
                 peer=self.peer,
+                decode_s=self.decode_s + verify_s,
             )
             self.done.set()
         if self.manifest.resource_id and self.rx.baselines is not None:
             self.rx.baselines.put(baseline_key(self.peer, self.manifest.resource_id), bytes(self.output))
-        self._conclude(RESULT_OK, "")
+        # the ok carries the receiver's side of the outcome for the sender's telemetry (an older
+        # sender ignores the message of an ok)
+        self._conclude(RESULT_OK, json.dumps({"decode_s": round(self.decode_s + verify_s, 9)}))
 
     def fail(self, exc: DwcpError, stream: int | None = None) -> None:
         with self.lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import socket
 import ssl
@@ -69,6 +70,10 @@ class SendReport:
     streams: int
     chunks: int
     elapsed_s: float
+    #: encoder seconds summed over chunks (the streams encode in parallel, so this can exceed elapsed_s)
+    encode_s: float = 0.0
+    #: the receiver's decoder seconds summed over chunks, verification included (None: not reported)
+    decode_s: float | None = None
 
     @property
     def throughput_bps(self) -> float:
@@ -98,6 +103,15 @@ def _error_from_receiver(message: str) -> DwcpError:
     if isinstance(cls, type) and issubclass(cls, DwcpError):
         return cls(f"receiver: {text}")
     return TransportError(f"receiver: {message}")
+
+
+def _reported_decode_s(message: str) -> float | None:
+    """The decode seconds a receiver's ok reports (an older receiver's ok has an empty message)."""
+    try:
+        value = json.loads(message).get("decode_s") if message else None
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 class AmstSender:
@@ -197,6 +211,7 @@ class AmstSender:
             lock = threading.Lock()
             failures: dict[int, BaseException] = {}
             wire = [0] * n
+            encode_s = [0.0] * n
             psk = self.security if isinstance(self.security, PskAuth) else None
             nonce = os.urandom(16)
             auths = [
@@ -234,9 +249,11 @@ class AmstSender:
                             plan=plan,
                             payload=view,
                         )
+                        t0 = time.perf_counter()
                         frame = encoder.encode(
                             view[start : start + self.chunk_size], baseline=baseline, context=context
                         )
+                        encode_s[i] += time.perf_counter() - t0
                         head = CHUNK_HEADER.pack(MSG_CHUNK, index, len(frame))
                         parts = [head, frame] if auth is None else [head, frame, auth.seal(head, frame)]
                         send_parts(sock, parts)
@@ -287,6 +304,8 @@ class AmstSender:
                 streams=n,
                 chunks=chunk_count,
                 elapsed_s=time.perf_counter() - started,
+                encode_s=sum(encode_s),
+                decode_s=_reported_decode_s(result[1]),
             )
         finally:
             for s in socks:
