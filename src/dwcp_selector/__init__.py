@@ -68,7 +68,7 @@ from .transport import AmstReceiver, AmstSender, ReceivedTransfer, SendReport
 
 if TYPE_CHECKING:
     from .modeling.decide import Decision
-    from .serving import Selector
+    from .serving import Selector, TransferManager
     from .telemetry import TelemetryCollector, TelemetryStore, open_store
 
 # Telemetry pulls in pyarrow and prometheus_client: imported on first use, so that encoding, measuring
@@ -79,6 +79,7 @@ _LAZY = {
     "open_store": ".telemetry",
     # the selector loads onnxruntime
     "Selector": ".serving",
+    "TransferManager": ".serving",
     "Decision": ".modeling.decide",
 }
 
@@ -97,6 +98,7 @@ __all__ = [
     "ArtifactError",
     "Decision",
     "Selector",
+    "TransferManager",
     "AmstReceiver",
     "AmstSender",
     "Baseline",
