@@ -36,6 +36,7 @@ EXPECTED = {
     "ReceivedTransfer",
     "Registry",
     "SendReport",
+    "TransferManager",
     "Settings",
     "StrategyError",
     "StrategyMeasurement",
