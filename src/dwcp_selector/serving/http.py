@@ -63,6 +63,7 @@ __all__ = [
     "SelectorApp",
     "StatsIn",
     "create_app",
+    "create_app_from_env",
     "openapi_document",
 ]
 
@@ -594,4 +595,23 @@ def create_app(
         alias=alias if registry is not None else None,
         reload_token=reload_token,
         max_body_bytes=max_body_bytes,
+    )
+
+
+def create_app_from_env() -> SelectorApp:
+    """:func:`create_app` configured by the environment, for ASGI servers that import a factory in each
+    worker process (``granian --factory``, ``uvicorn --factory``): ``DWCP_SERVE_REGISTRY`` (and
+    ``DWCP_SERVE_ALIAS``) or ``DWCP_SERVE_MODEL``, ``DWCP_RELOAD_TOKEN``, ``DWCP_MODEL_KEY``."""
+    import os
+
+    from ..config import Settings
+
+    key = Settings.from_env().model_key
+    registry_dir = os.environ.get("DWCP_SERVE_REGISTRY")
+    return create_app(
+        model_dir=os.environ.get("DWCP_SERVE_MODEL") if registry_dir is None else None,
+        registry=ModelRegistry(registry_dir, model_key=key) if registry_dir is not None else None,
+        alias=os.environ.get("DWCP_SERVE_ALIAS", "champion"),
+        reload_token=os.environ.get("DWCP_RELOAD_TOKEN") or None,
+        model_key=key,
     )
