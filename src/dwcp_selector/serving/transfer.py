@@ -194,6 +194,7 @@ class TransferManager:
         self.audit_max_bytes = audit_max_bytes
         self.audit_queue_bytes = audit_queue_bytes
         self.cost_model = cost_model or sender.cost_model
+        self._cost_params = self.cost_model.params.fingerprint
         profile = load_or_calibrate(measure=False) if host_profile == "auto" else host_profile
         self.host_profile = profile
         self._host = host_columns(profile)
@@ -483,7 +484,7 @@ class TransferManager:
             "experiment": experiment,
             "arm": arm,
             "propensity": propensity,
-            "cost_params": self.cost_model.params.fingerprint,
+            "cost_params": self._cost_params,
             "feature_version": FEATURE_VERSION,
             "schema_version": SCHEMA_VERSION,
             "library_version": __version__,
