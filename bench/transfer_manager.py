@@ -12,6 +12,7 @@ run. The payload is a 4 MiB JSON log on a WAN link: the shipped model decides it
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import tempfile
 import time
@@ -24,7 +25,7 @@ import numpy as np
 
 from _common import machine, write
 from dwcp_selector.link import SystemState, link_from_class
-from dwcp_selector.serving import GuardedSelector, Selector, TransferManager
+from dwcp_selector.serving import DecisionCache, GuardedSelector, Selector, TransferManager
 from dwcp_selector.telemetry import TelemetryCollector
 from dwcp_selector.transport import AmstReceiver, AmstSender, Insecure
 from dwcp_selector.workload import logs_json
@@ -32,6 +33,12 @@ from dwcp_selector.workload import logs_json
 ROOT = Path(__file__).resolve().parent.parent
 LINK = link_from_class("wan")
 SYSTEM = SystemState(free_cores=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -100,6 +107,26 @@ def main() -> None:
         r = tx.send(payload, res.strategy, link=LINK, payload_type="logs_json")
         bare.append(time.perf_counter() - t0)
         rx.wait(r.transfer_id)
+    # Redis down (a port nobody listens on, and one that accepts but never answers): the longest any
+    # transfer waited for the cache, over transfers of resources the node has not seen
+    waits: dict[str, float] = {}
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) and never answers
+    dead_port = _free_port()
+    for name, url in (
+        ("refused", f"redis://127.0.0.1:{dead_port}/0"),
+        ("hung", f"redis://127.0.0.1:{hung.getsockname()[1]}/0"),
+    ):
+        cache = DecisionCache(url, namespace="bench")
+        down = TransferManager(
+            tx, guarded, collector=collector, audit_rate=0.0, host_profile=None, cache=cache
+        )
+        for i in range(args.sends // 4):
+            res = down.send(payload, LINK, SYSTEM, payload_type="logs_json", resource_id=f"{name}-{i}")
+            assert res.report is not None
+            rx.wait(res.report.transfer_id)
+        waits[name] = down.cache_wait_max_s
+        cache.close()
+    hung.close()
     collector.close()
     rx.close()
     tmp.cleanup()
@@ -123,9 +150,12 @@ def main() -> None:
         "decision_us_added_by_manager": {"median": statistics.median(added), "per_repeat": added},
         "send_ms_median": send_ms,
         "send_strategies": sorted(strategies),
+        "redis_down_longest_wait_ms": {k: v * 1e3 for k, v in waits.items()},
         "payload": {"kind": "logs_json", "bytes": len(payload)},
     }
     path = write("transfer_manager", doc)
+    for name, w in waits.items():
+        print(f"Redis {name}: the longest wait of a transfer for the cache {w * 1e3:.2f} ms")
     print(f"\nwrote {path}")
 
 
