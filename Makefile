@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py src/dwcp_selector/_sample.c src/dwcp_selector/_dense.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,serving,train]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,experiment,postgres,serving,train]'
 	touch $(STAMP)
 
 demo: setup
