@@ -1,13 +1,16 @@
-"""``models``: the model registry (register, promote, roll back, list, show); ``serve``: the HTTP service."""
+"""``models``: the model registry (register, promote, roll back, list, show) and a model's test vectors;
+``serve``: the HTTP service."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
 from ..config import Settings
+from ..errors import ConfigError
 from ..serving.registry import ALIASES, ModelRegistry
 from ._app import cli, emit, stdout
 
@@ -117,6 +120,47 @@ def show_cmd(registry_dir: Path, ref: str, as_json: bool) -> None:
         stdout.print(table)
 
     emit(as_json, doc, human)
+
+
+@models_group.command("vectors")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The model directory.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check the directory's test_vectors.json against the model instead (exit 1 on a mismatch).",
+)
+@_JSON
+def vectors_cmd(model_dir: Path, check: bool, as_json: bool) -> None:
+    """Write the model's test_vectors.json: HTTP request bodies, the heuristic's and the service's answers
+    (for clients in other languages to test against), or check it."""
+    try:
+        from ..serving.vectors import check_test_vectors, write_test_vectors
+    except ImportError as exc:
+        raise ConfigError(
+            f"test vectors need the HTTP service's packages ({exc.name}): "
+            "pip install 'dwcp-selector[serving]'"
+        ) from exc
+    key = Settings.from_env().model_key
+    if check:
+        mismatches = check_test_vectors(model_dir, key=key)
+
+        def human_check() -> None:
+            for m in mismatches:
+                click.echo(f"mismatch: {m}")
+            click.echo(f"{len(mismatches)} mismatches" if mismatches else "test vectors agree with the model")
+
+        emit(as_json, {"model": str(model_dir), "mismatches": mismatches}, human_check)
+        if mismatches:
+            sys.exit(1)
+        return
+    path = write_test_vectors(model_dir, key=key)
+    emit(as_json, {"model": str(model_dir), "vectors": str(path)}, lambda: click.echo(f"wrote {path}"))
 
 
 @cli.command("serve")

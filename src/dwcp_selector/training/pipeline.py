@@ -461,6 +461,7 @@ def train(
         ),
     }
     save_artifact(artifact, out, key=config.model_key)
+    _write_test_vectors(out, config.model_key)
     summary = {
         "chosen": best.name,
         "model_dir": str(out),
@@ -568,6 +569,16 @@ def _metrics(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return metrics
 
 
+def _write_test_vectors(out: Path, key: bytes | None) -> None:
+    """The exported model's ``test_vectors.json`` (``serving.vectors``: request bodies with the heuristic's
+    and the HTTP service's answers, for clients in other languages), when the serving packages are here."""
+    try:
+        from ..serving.vectors import write_test_vectors
+    except ImportError:  # pragma: no cover - the HTTP service's packages come with the serving extra
+        return
+    write_test_vectors(out, key=key)
+
+
 def _write_outputs(
     out: Path,
     artifact: ModelArtifact,
@@ -630,6 +641,7 @@ def calibrate(
     metrics = _metrics(reports)
     artifact.metrics = metrics
     save_artifact(artifact, out, key=key)
+    _write_test_vectors(out, key)
     summary_path = out / "training.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update(

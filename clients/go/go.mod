@@ -1,0 +1,3 @@
+module github.com/dwcp-selector/dwcp-selector/clients/go
+
+go 1.19
