@@ -138,7 +138,7 @@ class ModelRegistry:
         by_version: dict[str, list[str]] = {}
         for alias, vid in self.aliases().items():
             by_version.setdefault(vid, []).append(alias)
-        out = []
+        out: list[tuple[int, VersionInfo]] = []
         for d in sorted((self.root / "versions").iterdir()):
             if not d.is_dir() or d.name.startswith("."):
                 continue
@@ -146,18 +146,23 @@ class ModelRegistry:
                 manifest = json.loads((d / MANIFEST).read_text())
             except (OSError, ValueError):
                 manifest = {}
-            registered = dt.datetime.fromtimestamp(d.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
+            mtime_ns = d.stat().st_mtime_ns
+            registered = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC).isoformat(timespec="seconds")
             out.append(
-                VersionInfo(
-                    d.name,
-                    registered,
-                    tuple(sorted(by_version.get(d.name, []))),
-                    str(manifest.get("family", "?")),
-                    str(manifest.get("kind", "?")),
-                    dict(manifest.get("metrics") or {}),
+                (
+                    mtime_ns,
+                    VersionInfo(
+                        d.name,
+                        registered,
+                        tuple(sorted(by_version.get(d.name, []))),
+                        str(manifest.get("family", "?")),
+                        str(manifest.get("kind", "?")),
+                        dict(manifest.get("metrics") or {}),
+                    ),
                 )
             )
-        return sorted(out, key=lambda v: v.registered_at)
+        # in registration order (to the nanosecond: two versions registered within a second keep theirs)
+        return [v for _, v in sorted(out, key=lambda t: t[0])]
 
     def resolve(self, ref: str) -> str:
         """The version id an alias, an id or a unique id prefix (at least 6 digits) names."""
@@ -205,6 +210,7 @@ class ModelRegistry:
                 for p in tmp.rglob("*"):
                     if p.is_file():
                         p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                os.utime(tmp)  # copytree kept the source's times: the version's own is its registration
                 os.replace(tmp, dest)
                 _fsync_dir(dest.parent)
             if alias is not None:

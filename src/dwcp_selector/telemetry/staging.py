@@ -45,6 +45,8 @@ from .store import open_store
 __all__ = ["CollectionReport", "collect", "records_for_transfer"]
 
 _NAMESPACE = uuid.UUID("5b0a6f52-6a43-4c55-9d1e-0c3f0d2a7e11")
+#: What only the transfer path knows (schema 4): null in every staging record, which stays full-width.
+_TRANSFER_PATH_COLUMNS = tuple(c.name for c in COLUMNS if c.since == 4)
 _EWMA = 0.5
 
 
@@ -155,6 +157,7 @@ def records_for_transfer(
         "used_time_s": None,
         "decision_s": None,
         "model_version": None,
+        **dict.fromkeys(_TRANSFER_PATH_COLUMNS),
         "cost_params": cost_model.params.fingerprint,
         "feature_version": FEATURE_VERSION,
         "schema_version": SCHEMA_VERSION,
