@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -61,6 +62,7 @@ from .._types import BytesLike
 from .._version import __version__
 from ..costmodel import CostModel, Oracle, StrategyMeasurement
 from ..errors import ConfigError, StrategyError
+from ..experiment.arms import ExperimentArms
 from ..features import FEATURE_VERSION, BasicFeatures, RichFeatures, basic_features
 from ..hostprofile import HostProfile, load_or_calibrate
 from ..link import LINK_CLASSES, LinkState, SystemState
@@ -181,6 +183,8 @@ class TransferManager:
         host_profile: HostProfile | Literal["auto"] | None = "auto",
         codec: PayloadCodec | None = None,
         cache: DecisionCache | None = None,
+        experiment: ExperimentArms | None = None,
+        node_id: str | None = None,
     ) -> None:
         if not 0.0 <= audit_rate <= 1.0:
             raise ConfigError(f"audit rate must be in [0, 1], got {audit_rate}")
@@ -200,6 +204,8 @@ class TransferManager:
         self._host = host_columns(profile)
         self.codec = codec or PayloadCodec()
         self.cache = cache
+        self.experiment = experiment
+        self.node_id = node_id or socket.gethostname()
         self.cache_wait_max_s = 0.0
         self.audits = AuditStats()
         self._versions: dict[tuple[str, int], str | None] = {}
@@ -220,16 +226,19 @@ class TransferManager:
         baseline: Baseline | None = None,
         payload_type: str = "other",
         resource_id: str | None = None,
+        selector: GuardedSelector | None | Literal["default"] = "default",
     ) -> Decision:
-        """The acting policy's decision for this transfer (what :meth:`send` acts on)."""
+        """The acting policy's decision for this transfer (what :meth:`send` acts on): ``selector``'s
+        (default: the manager's; ``None``: the rule heuristic)."""
         history = self._history_of(resource_id) if resource_id else None
         base = baseline.data if baseline is not None else None
-        if self.selector is None:
+        sel = self.selector if selector == "default" else selector
+        if sel is None:
             t0 = time.perf_counter()
             b = basic_features(payload, base)
             choice = heuristic_rule(len(payload), b.entropy, b.has_baseline, b.similarity_pages, link)
             return Decision(choice, 0.0, "heuristic", basic=b, latency_s=time.perf_counter() - t0)
-        d = self.selector.select(
+        d = sel.select(
             payload,
             link,
             system,
@@ -240,7 +249,7 @@ class TransferManager:
         )
         if d.strategy not in self.codec.registry.offered(len(payload), has_baseline=baseline is not None):
             # a cached or fleet decision for a resource version this node has no baseline of
-            d = self.selector.rule_decision(
+            d = sel.rule_decision(
                 "feature_error", len(payload), d.basic or basic_features(payload, base), link
             )
         return d
@@ -261,10 +270,20 @@ class TransferManager:
         propensity: float | None = None,
         request_id: str | None = None,
     ) -> TransferResult:
-        """Decide, send and record one transfer; raises only what stopped the payload from arriving."""
+        """Decide, send and record one transfer; raises only what stopped the payload from arriving.
+
+        With ``experiment=`` set on the manager, the transfer's unit is assigned to an arm and that arm's
+        policy decides (``experiment``, ``arm`` and ``propensity`` given here override it: a caller that
+        runs its own assignment)."""
         tid = uuid.UUID(request_id) if request_id is not None else uuid.uuid4()
         t0 = time.perf_counter()
         started = dt.datetime.now(dt.UTC)
+        selector: GuardedSelector | None | Literal["default"] = "default"
+        if self.experiment is not None and experiment is None:
+            unit = self._unit_id(str(tid), resource_id)
+            chosen = self.experiment.choose(unit)
+            if chosen is not None:
+                experiment, arm, propensity, selector = chosen
         decision = self.decide(
             payload,
             link,
@@ -272,7 +291,9 @@ class TransferManager:
             baseline=baseline,
             payload_type=payload_type,
             resource_id=resource_id or None,
+            selector=selector,
         )
+        acting = self.selector if selector == "default" else selector
         strategy = decision.strategy
         report: SendReport | None = None
         error: str | None = None
@@ -298,6 +319,7 @@ class TransferManager:
         if self.collector is not None:
             try:
                 record = self._record(
+                    acting,
                     result,
                     payload,
                     link,
@@ -344,6 +366,17 @@ class TransferManager:
             resource_id=resource_id,
             transfer_id=tid,
         )
+
+    def _unit_id(self, request_id: str, resource_id: str) -> str:
+        """The experiment unit of a transfer: itself, its resource (every version of a resource in one
+        arm), or this node."""
+        a = self.experiment.assignment if self.experiment is not None else None
+        unit = a.unit if a is not None else "resource"
+        if unit == "node":
+            return self.node_id
+        if unit == "resource" and resource_id:
+            return resource_id
+        return request_id
 
     def _shadow(
         self,
@@ -419,6 +452,7 @@ class TransferManager:
 
     def _record(
         self,
+        acting: GuardedSelector | None,
         result: TransferResult,
         payload: BytesLike,
         link: LinkState,
@@ -473,7 +507,7 @@ class TransferManager:
             "used_strategy": result.strategy,
             "used_time_s": result.time_s if report is not None else None,
             "decision_s": d.latency_s,
-            "model_version": self.model_version(self.selector) if d.fallback is None else None,
+            "model_version": self.model_version(acting) if d.fallback is None else None,
             "used_tier": "cached" if d.cached and d.tier != "fast" else d.tier,
             "fallback_reason": d.fallback,
             "used_wire_bytes": report.wire_bytes if report is not None else None,

@@ -1,0 +1,324 @@
+"""The rollout controller: steps walked, each of the four guardrails rolling back within one evaluation,
+no data holding, a restart resuming, the registry moved; and the controller driving real loopback
+transfers through the transfer manager, where a slow challenger and an always-zstd one are rolled back
+from the rows they wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dwcp_selector.errors import ConfigError
+from dwcp_selector.experiment.arms import ExperimentArms, RolloutFollower
+from dwcp_selector.experiment.rollout import (
+    ArmMetrics,
+    Guardrails,
+    LiveMetrics,
+    RolloutController,
+    RolloutPlan,
+)
+from dwcp_selector.link import LinkState, SystemState
+from dwcp_selector.modeling.decide import Decision
+from dwcp_selector.serving import GuardedSelector, ModelRegistry, Selector, TransferManager
+from dwcp_selector.telemetry import TelemetryCollector
+from dwcp_selector.telemetry.store import open_store
+from dwcp_selector.transport import AmstReceiver, AmstSender, Insecure
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "selector"
+GOOD = ArmMetrics(
+    transfers=500, errors=0, bytes=5e9, seconds=50.0, decision_p99_s=4e-5, audits=40, near_optimal=0.99
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def approve(table: pa.Table, plan: RolloutPlan) -> tuple[str, dict[str, Any]]:
+    return "approve", {}
+
+
+def _plan(**kw: Any) -> RolloutPlan:
+    base: dict[str, Any] = {
+        "experiment": "exp",
+        "min_hold_s": 60.0,
+        "min_samples_per_arm": 100,
+        "interval_s": 10.0,
+    }
+    base.update(kw)
+    return RolloutPlan(**base)
+
+
+def _good(**treatment: Any) -> LiveMetrics:
+    t = {**GOOD.__dict__, **treatment} if treatment else GOOD.__dict__
+    return LiveMetrics(control=GOOD, treatment=ArmMetrics(**t))
+
+
+def test_a_healthy_rollout_walks_every_step_and_promotes(tmp_path: Path) -> None:
+    clock = Clock()
+    reg = ModelRegistry(tmp_path / "reg", create=True)
+    champion = reg.register(MODEL, alias="champion", why="first")
+    other = tmp_path / "b"
+    shutil.copytree(MODEL, other)
+    (other / "MODEL_CARD.md").write_text("a retrained candidate\n")
+    challenger = reg.register(other, alias="challenger", why="candidate")
+    c = RolloutController.start(
+        tmp_path / "state.json",
+        _plan(challenger=challenger),
+        clock=clock,
+        registry=reg,
+        gate=approve,
+        read_rows=lambda: pa.table({}),
+    )
+    shares = [c.share]
+    for _ in range(10):
+        clock.now += 61
+        ev = c.tick(_good())
+        shares.append(c.share)
+        if c.status != "running":
+            break
+    assert shares[:4] == [0.01, 0.10, 0.50, 1.0] and c.status == "completed"
+    assert reg.aliases()["champion"] == challenger and reg.aliases()["previous"] == champion
+    assert ev["action"] == "complete"
+
+
+def test_the_hold_time_and_the_samples_hold_a_step(tmp_path: Path) -> None:
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(), clock=clock, gate=approve)
+    clock.now += 30
+    assert c.tick(_good())["action"] == "hold" and c.share == 0.01  # 30 s of the 60 s hold
+    clock.now += 60
+    few = LiveMetrics(control=GOOD, treatment=ArmMetrics(**{**GOOD.__dict__, "transfers": 60}))
+    ev = c.tick(few)
+    assert ev["action"] == "hold" and "samples" in ev["reason"] and c.share == 0.01
+
+
+@pytest.mark.parametrize(
+    ("trigger", "treatment"),
+    [
+        ("near_optimal", {"near_optimal": 0.93}),
+        ("decision_p99_s", {"decision_p99_s": 3e-3}),
+        ("error_rate", {"errors": 2}),  # 2 of 500: 0.4 %
+        ("throughput_vs_control", {"seconds": 52.0}),  # 3.8 % slower than control
+    ],
+)
+def test_each_roadmap_trigger_rolls_back_within_one_evaluation(
+    tmp_path: Path, trigger: str, treatment: dict[str, Any]
+) -> None:
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(), clock=clock, gate=approve)
+    clock.now += 61
+    assert c.tick(_good())["action"] == "advance" and c.share == 0.10
+    breach_at = clock.now + 5  # the challenger misbehaves from here on
+    clock.now = breach_at + c.plan.interval_s  # the next evaluation
+    ev = c.tick(_good(**treatment))
+    assert ev["action"] == "rollback" and c.status == "rolled_back" and c.share == 0.0
+    breach = c.state["breach"]
+    assert [ch["name"] for ch in breach["checks"]] == [trigger]
+    assert breach["checks"][0]["value"] is not None and trigger in breach["why"]
+    assert breach["at"] - breach_at <= c.plan.interval_s
+    assert c.state["control_policy"] == "champion"  # the champion was not at fault
+    assert c.tick(_good())["action"] == "none"  # a rolled-back rollout stays rolled back
+
+
+def test_a_champion_at_fault_sends_control_to_the_heuristic(tmp_path: Path) -> None:
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(), clock=clock, gate=approve)
+    bad = ArmMetrics(**{**GOOD.__dict__, "near_optimal": 0.90})
+    ev = c.tick(LiveMetrics(control=bad, treatment=GOOD))
+    assert ev["action"] == "rollback" and c.state["control_policy"] == "heuristic"
+    follower = RolloutFollower(tmp_path / "s.json", interval_s=0)
+    assert follower.control_policy == "heuristic" and follower.assignment() is not None
+    assert follower.assignment().share == 0.0  # type: ignore[union-attr]
+
+
+def test_consecutive_failure_limit(tmp_path: Path) -> None:
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(failures_to_rollback=2), clock=clock, gate=approve)
+    slow = _good(decision_p99_s=5e-3)
+    assert c.tick(slow)["action"] == "hold" and c.status == "running"
+    assert c.tick(_good())["action"] == "hold"  # a good evaluation resets the count
+    assert c.tick(slow)["action"] == "hold"
+    assert c.tick(slow)["action"] == "rollback"
+
+
+def test_no_data_holds_and_never_passes(tmp_path: Path) -> None:
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(), clock=clock, gate=approve)
+    no_audits = _good(audits=0, near_optimal=None)
+    for metrics in (LiveMetrics(ArmMetrics(), ArmMetrics()), no_audits):
+        for _ in range(20):
+            clock.now += 3600
+            ev = c.tick(metrics)
+            assert ev["action"] == "hold" and "no data" in ev["reason"]
+    assert c.share == 0.01 and c.status == "running"
+
+
+def test_the_gate_holds_and_rolls_back_before_full_traffic(tmp_path: Path) -> None:
+    clock = Clock()
+    verdicts = iter(["hold", "rollback"])
+
+    def gate(table: pa.Table, plan: RolloutPlan) -> tuple[str, dict[str, Any]]:
+        return next(verdicts), {"n": table.num_rows}
+
+    c = RolloutController.start(
+        tmp_path / "s.json", _plan(steps=(0.5, 1.0)), clock=clock, gate=gate, read_rows=lambda: pa.table({})
+    )
+    clock.now += 61
+    ev = c.tick(_good())
+    assert ev["action"] == "hold" and ev["gate"]["verdict"] == "hold" and c.share == 0.5
+    clock.now += 61
+    assert c.tick(_good())["action"] == "rollback" and c.share == 0.0
+    assert "gate" in c.state["breach"]["why"]
+
+
+def test_a_restart_resumes_where_it_was(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.json"
+    c = RolloutController.start(path, _plan(), clock=clock, gate=approve)
+    clock.now += 61
+    c.tick(_good())
+    clock.now += 61
+    c.tick(_good())
+    assert c.share == 0.50
+    del c  # the controller process dies
+    again = RolloutController(path, clock=clock, gate=approve, read_rows=lambda: pa.table({}))
+    assert again.share == 0.50 and again.state["step"] == 2 and again.status == "running"
+    clock.now += 61
+    again.tick(_good())
+    assert again.share == 1.0
+    with pytest.raises(ConfigError, match="still running"):
+        RolloutController.start(path, _plan(), clock=clock)
+    again.abort("operator")
+    assert RolloutFollower(path, interval_s=0).assignment().share == 0.0  # type: ignore[union-attr]
+    RolloutController.start(path, _plan(experiment="exp-2"), clock=clock)  # an ended one may be replaced
+
+
+def test_bad_state_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no rollout state"):
+        RolloutController(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        RolloutController(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(ConfigError, match="not a rollout state"):
+        RolloutController(tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="rise"):
+        RolloutPlan("e", steps=(0.5, 0.1))
+    # a sender following a missing or broken state runs no experiment, and never raises
+    follower = RolloutFollower(tmp_path / "bad.json", interval_s=0)
+    assert follower.assignment() is None
+
+
+# -- the controller driving real transfers ------------------------------------------------------------
+LINK = LinkState(capacity_bps=200e6, rtt_s=20e-3, link_type="wan")
+NODE = SystemState(free_cores=2.0)
+
+
+class SlowSelector(GuardedSelector):
+    """A challenger whose every decision takes 3 ms (an overloaded or badly built model)."""
+
+    def select(self, *args: Any, **kw: Any) -> Decision:
+        t0 = time.perf_counter()
+        d = super().select(*args, **kw)
+        while time.perf_counter() - t0 < 3e-3:
+            pass
+        d.latency_s = time.perf_counter() - t0
+        return d
+
+
+class AlwaysZstd(GuardedSelector):
+    """A challenger that always answers zstd (a model that learned one class)."""
+
+    def select(self, *args: Any, **kw: Any) -> Decision:
+        d = super().select(*args, **kw)
+        return Decision("zstd", 1.0, d.tier, basic=d.basic, latency_s=d.latency_s)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[AmstReceiver, AmstSender]]:
+    with pytest.warns(Warning):
+        a, b = Insecure(), Insecure()
+    rx = AmstReceiver(security=a)
+    rx.start()
+    try:
+        yield rx, AmstSender(rx.address, security=b)
+    finally:
+        rx.close()
+
+
+def _read(url: str) -> pa.Table:
+    with open_store(url) as store:
+        return store.read_table()
+
+
+def _payloads(n: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    text = b"".join(b"%d,%s,ok\n" % (i, b"v" * (i % 30)) for i in range(20000))
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out.append(text[int(rng.integers(0, 5000)) :])
+        elif kind == 1:
+            out.append(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())  # incompressible
+        else:
+            out.append(bytes(300_000))
+    return out
+
+
+@pytest.mark.parametrize("challenger", ["slow", "zstd"])
+def test_a_bad_challenger_on_real_transfers_is_rolled_back(
+    pair: tuple[AmstReceiver, AmstSender], tmp_path: Path, challenger: str
+) -> None:
+    rx, tx = pair
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    state = tmp_path / "rollout.json"
+    plan = _plan(
+        steps=(0.5, 1.0),
+        min_hold_s=3600,
+        guardrails=Guardrails(min_transfers=20, min_audits=10),
+        unit="transfer",
+    )
+    controller = RolloutController.start(state, plan, gate=approve, read_rows=lambda: _read(url))
+    champion = GuardedSelector(Selector(MODEL, host_profile=None))
+    bad = (SlowSelector if challenger == "slow" else AlwaysZstd)(Selector(MODEL, host_profile=None))
+    arms = ExperimentArms(RolloutFollower(state, interval_s=0), champion, bad)
+    collector = TelemetryCollector(url, enabled=True, flush_interval_s=0.02)
+    manager = TransferManager(
+        tx, None, collector=collector, experiment=arms, audit_rate=1.0, host_profile=None
+    )
+    for data in _payloads(60):
+        r = manager.send(data, LINK, NODE, payload_type="logs_json", resource_id="r")
+        assert r.report is not None and bytes(rx.wait(r.report.transfer_id).data) == data
+    assert manager.wait_audits(60)
+    assert collector.flush(30)
+    rows = _read(url)
+    arms_seen = set(rows.column("arm").to_pylist())
+    assert arms_seen == {"control", "treatment"}
+    t0 = time.monotonic()
+    ev = controller.tick()
+    took = time.monotonic() - t0
+    assert ev["action"] == "rollback", ev
+    trigger = "decision_p99_s" if challenger == "slow" else "near_optimal"
+    assert trigger in [c["name"] for c in controller.state["breach"]["checks"]]
+    # every sender follows the rollback: the next transfers are all control
+    after = [manager.send(d, LINK, NODE, payload_type="logs_json", resource_id="r") for d in _payloads(6)]
+    manager.close()
+    collector.close()
+    assert took < 5.0
+    ids = {r.request_id for r in after}
+    arms_after = {row["arm"] for row in _read(url).to_pylist() if row["request_id"] in ids}
+    assert arms_after == {"control"}
