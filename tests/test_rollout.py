@@ -224,6 +224,8 @@ def test_bad_state_files_are_clear_errors(tmp_path: Path) -> None:
 
 # -- the controller driving real transfers ------------------------------------------------------------
 LINK = LinkState(capacity_bps=200e6, rtt_s=20e-3, link_type="wan")
+# where zstd's encoding costs more than the wire saves: always-zstd is far from the best there
+FAST = LinkState(capacity_bps=10e9, rtt_s=2e-4, link_type="dc")
 NODE = SystemState(free_cores=2.0)
 
 
@@ -300,8 +302,9 @@ def test_a_bad_challenger_on_real_transfers_is_rolled_back(
     manager = TransferManager(
         tx, None, collector=collector, experiment=arms, audit_rate=1.0, host_profile=None
     )
+    link = LINK if challenger == "slow" else FAST
     for data in _payloads(60):
-        r = manager.send(data, LINK, NODE, payload_type="logs_json", resource_id="r")
+        r = manager.send(data, link, NODE, payload_type="logs_json", resource_id="r")
         assert r.report is not None and bytes(rx.wait(r.report.transfer_id).data) == data
     assert manager.wait_audits(60)
     assert collector.flush(30)
@@ -311,11 +314,12 @@ def test_a_bad_challenger_on_real_transfers_is_rolled_back(
     t0 = time.monotonic()
     ev = controller.tick()
     took = time.monotonic() - t0
-    assert ev["action"] == "rollback", ev
+    near = ev["metrics"]["treatment"]["near_optimal"]
+    assert ev["action"] == "rollback", (near, ev["checks"])
     trigger = "decision_p99_s" if challenger == "slow" else "near_optimal"
     assert trigger in [c["name"] for c in controller.state["breach"]["checks"]]
     # every sender follows the rollback: the next transfers are all control
-    after = [manager.send(d, LINK, NODE, payload_type="logs_json", resource_id="r") for d in _payloads(6)]
+    after = [manager.send(d, link, NODE, payload_type="logs_json", resource_id="r") for d in _payloads(6)]
     manager.close()
     collector.close()
     assert took < 5.0
