@@ -326,3 +326,42 @@ def test_a_bad_challenger_on_real_transfers_is_rolled_back(
     ids = {r.request_id for r in after}
     arms_after = {row["arm"] for row in _read(url).to_pylist() if row["request_id"] in ids}
     assert arms_after == {"control"}
+
+
+def test_the_rollout_command_line(tmp_path: Path, pair: tuple[AmstReceiver, AmstSender]) -> None:
+    from .test_cli import assert_clean_failure, run
+
+    state = tmp_path / "r.json"
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    started = json.loads(
+        run("rollout", "start", "--state", state, "--experiment", "e1", "--min-hold", "0", "--json").stdout
+    )
+    assert started["status"] == "running" and started["share"] == 0.01
+    assert_clean_failure(
+        run("rollout", "start", "--state", state, "--experiment", "e2", check=False), "still running"
+    )
+    # a store with no rows of the experiment: the evaluation holds (no data), never passes
+    _, tx = pair
+    collector = TelemetryCollector(url, enabled=True)
+    TransferManager(tx, None, collector=collector, host_profile=None).send(b"x" * 5000, LINK, NODE)
+    collector.close()
+    ticked = json.loads(run("rollout", "tick", "--state", state, "--store", url, "--json").stdout)
+    assert ticked["status"] == "running" and ticked["evaluations"][0]["action"] == "hold"
+    assert "no data" in ticked["evaluations"][0]["reason"]
+    assert "running" in run("rollout", "status", "--state", state).stdout
+    aborted = json.loads(run("rollout", "abort", "--state", state, "--why", "operator", "--json").stdout)
+    assert aborted["status"] == "aborted" and aborted["share"] == 0.0
+    assert_clean_failure(run("rollout", "abort", "--state", state, "--why", "x", check=False), "not running")
+    assert_clean_failure(
+        run("rollout", "start", "--state", state, "--experiment", "e", "--steps", "10,5", check=False),
+        "rising",
+    )
+    assert_clean_failure(
+        run("rollout", "status", "--state", tmp_path / "none.json", check=False), "no rollout"
+    )
+    other = tmp_path / "r2.json"
+    run("rollout", "start", "--state", other, "--experiment", "e3")
+    assert_clean_failure(
+        run("rollout", "tick", "--state", other, "--store", f"sqlite:///{tmp_path / 'no.db'}", check=False),
+        "no SQLite",
+    )
