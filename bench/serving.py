@@ -5,10 +5,11 @@ Starts the service on a loopback port on the model ``models/selector`` and drive
 statistics (the model path: the light tier), single decisions on the fast path (a payload small enough
 that the fast rule decides), single decisions from a 64 KiB sample, and batches of 100 (model path and
 fast path). Debian's ``wrk`` is a closed loop: it measures what the service sustains with
-``--connections`` requests in flight, not latencies at fixed offered rates (that needs wrk2, which Debian
-does not package), so each case's latency is that of the service at its own throughput. Percentiles
-p50/p90/p99/p99.9 come from wrk's own histogram (a Lua ``done`` hook), and the CPU seconds of the server
-and of wrk are read from /proc over each run, so the load generator's share of the machine is stated.
+``--connections`` (``--batch-connections`` for batches) requests in flight, not latencies at fixed
+offered rates (that needs wrk2, which Debian does not package), so each case's latency is that of the
+service at its own throughput. Percentiles p50/p90/p99/p99.9 come from wrk's own histogram (a Lua
+``done`` hook), and the CPU seconds of the server and of wrk are read from /proc over each run, so the
+load generator's share of the machine is stated.
 
 The stacks (``--stack``, several allowed): ``cli`` is what ``dwcp-selector serve`` runs (uvicorn,
 which takes uvloop and httptools when they are installed, one process); ``uvicorn-asyncio`` the same on
@@ -115,13 +116,13 @@ def _tree(pid: int) -> list[int]:
 
 
 def _wrk(
-    url: str, script: Path, args: argparse.Namespace, cores: list[int], server_pid: int
+    url: str, script: Path, args: argparse.Namespace, cores: list[int], server_pid: int, connections: int
 ) -> dict[str, Any]:
     cmd = [
         *_pin(cores),
         "wrk",
         f"-t{args.wrk_threads}",
-        f"-c{args.connections}",
+        f"-c{connections}",
         f"-d{args.seconds}s",
         "-s",
         str(script),
@@ -273,8 +274,12 @@ def run_stack(
                 body_path.write_text(json.dumps(body))
                 script = Path(tmp) / f"case-{i}.lua"
                 script.write_text(LUA.format(body=body_path))
-                runs = [_wrk(endpoint, script, args, wrk_cores, server.pid) for _ in range(args.repeats)]
+                conns = args.connections if per == 1 else args.batch_connections
+                runs = [
+                    _wrk(endpoint, script, args, wrk_cores, server.pid, conns) for _ in range(args.repeats)
+                ]
                 r = _median(runs)
+                r["connections"] = conns
                 r["decisions_per_s"] = r["requests_per_s"] * per
                 rows[name] = r
     finally:
@@ -287,7 +292,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--connections", type=int, default=16, help="wrk's connections for single requests")
+    ap.add_argument(
+        "--batch-connections",
+        type=int,
+        default=4,
+        help="for batches (each is 100 decisions: 4 in flight keep the server busy)",
+    )
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--stack", nargs="+", default=["cli"], choices=["cli", *SERVERS])
