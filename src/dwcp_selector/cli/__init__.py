@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import codec, data, demo, model, registry, rollout  # noqa: F401  (the modules register their commands on the group)
+from . import ab, codec, data, demo, model, registry, rollout  # noqa: F401  (the modules register their commands on the group)
 from ._app import cli, main
 
 __all__ = ["cli", "main"]
