@@ -105,6 +105,7 @@ VERDICTS = ("approve", "rollback", "hold", "blocked")
 #: the aggregate throughput must not be below control by more than this for an approval (its point gain)
 AGGREGATE_FLOOR = 0.0
 _TRIM = 0.1
+_BCA_MAX_UNITS = 4000
 
 
 def _stats() -> Any:
@@ -955,7 +956,9 @@ def _bootstrap_throughput(c: _Cells, n_strata: int, resamples: int, seed: int) -
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        method = "BCa" if sum(len(g) for g in groups) <= 20_000 else "percentile"
+        # BCa's jackknife costs units² operations: beyond a few thousand units the percentile interval
+        # (as good there) is used
+        method = "BCa" if sum(len(g) for g in groups) <= _BCA_MAX_UNITS else "percentile"
         res = st.bootstrap(
             tuple(groups),
             stat,
@@ -1182,7 +1185,7 @@ def _plot_looks(a: Analysis) -> str | None:
     looks = [lk for lk in a.gate.looks if math.isfinite(lk.gain)]
     if not looks:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     x = [lk.planned_fraction for lk in looks]
     g = np.array([lk.gain for lk in looks])
     lo = np.array([lk.gain_low for lk in looks])
@@ -1194,17 +1197,23 @@ def _plot_looks(a: Analysis) -> str | None:
     ax1.axhline(0, color="#888", lw=0.8)
     ax1.set_xlabel("look (planned information fraction)")
     ax1.set_ylabel("gain, %")
-    ax1.set_title("Gain per look (interval at the look's boundary)")
+    ax1.set_title("Gain per look, interval at its boundary")
     ax1.legend(fontsize=8)
     tt = np.linspace(min(a.design.looks[0], 0.05), 1.0, 200)
     st = _stats()
-    ax2.plot(tt, st.norm.isf(obf_spending(tt, a.design.alpha)), color="#bbb", lw=1, label="spending curve")
+    ax2.plot(
+        tt,
+        st.norm.isf(obf_spending(tt, a.design.alpha)),
+        color="#bbb",
+        lw=1,
+        label="z of the alpha spent by t",
+    )
     ax2.plot(a.design.looks, a.gate.boundaries, "s--", color="#d62728", label="boundary")
     ax2.plot([lk.planned_fraction for lk in looks], [lk.z for lk in looks], "o-", color="#1f77b4", label="z")
     ax2.set_ylim(min(-3.0, min(lk.z for lk in looks) - 0.5), max(a.gate.boundaries[0] + 0.5, 3.0))
     ax2.set_xlabel("information fraction")
     ax2.set_ylabel("z")
-    ax2.set_title("Cumulative z against the O'Brien-Fleming boundaries")
+    ax2.set_title("z against the O'Brien-Fleming boundaries")
     ax2.legend(fontsize=8)
     return _fig_uri(fig)
 

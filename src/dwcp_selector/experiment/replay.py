@@ -284,6 +284,7 @@ class ReplayResult:
     z: FloatArray = field(repr=False)  # experiments × looks
     decided_at: IntArray = field(repr=False)  # −1: never decided
     true_gain: dict[str, float] = field(default_factory=dict)
+    final_aggregate: FloatArray | None = field(default=None, repr=False)  # aggregate gain, final look
 
     def rate(self, verdict: str) -> float:
         return self.verdicts.get(verdict, 0) / self.experiments if self.experiments else math.nan
@@ -314,12 +315,22 @@ class ReplayResult:
             "blocked_rate": self.rate("blocked"),
             "final_gain_mean": float(fin.mean()) if len(fin) else None,
             "final_gain_sd": float(fin.std(ddof=1)) if len(fin) > 1 else None,
+            "final_gain_range95": _range95(self.final_gains),
+            "final_aggregate_range95": None
+            if self.final_aggregate is None
+            else _range95(self.final_aggregate),
             "decided_at_look": {
                 str(k + 1): int(np.sum(self.decided_at == k)) for k in range(len(self.design.looks))
             },
             "true_gain": dict(self.true_gain),
             "seconds": self.seconds,
         }
+
+
+def _range95(x: FloatArray) -> list[float] | None:
+    """Median and the central 95 % of the replays' estimates."""
+    v = x[np.isfinite(x)]
+    return [float(q) for q in np.percentile(v, [2.5, 50.0, 97.5])] if len(v) else None
 
 
 def replay(
@@ -346,6 +357,7 @@ def replay(
     k = len(d.looks)
     z = np.full((experiments, k), np.nan)
     final = np.full(experiments, np.nan)
+    final_agg = np.full(experiments, np.nan)
     decided = np.full(experiments, -1, dtype=np.int64)
     t0 = time.perf_counter()
     for e in range(experiments):
@@ -356,12 +368,25 @@ def replay(
             z[e, lk.index] = lk.z
         if g.looks:
             final[e] = g.looks[-1].gain
+            final_agg[e] = g.looks[-1].aggregate_gain
         if g.decided_at is not None:
             decided[e] = g.decided_at
     elapsed = time.perf_counter() - t0
     true = data.true_gain() if not aa else {"aggregate": 0.0, "geometric": 0.0}
     return ReplayResult(
-        experiments, aa, share, noise, data.unit_kind, d, dict(verdicts), elapsed, final, z, decided, true
+        experiments,
+        aa,
+        share,
+        noise,
+        data.unit_kind,
+        d,
+        dict(verdicts),
+        elapsed,
+        final,
+        z,
+        decided,
+        true,
+        final_agg,
     )
 
 
