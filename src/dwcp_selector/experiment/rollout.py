@@ -6,7 +6,8 @@ began (:class:`LiveMetrics`: the ``ab`` rows of each arm, and the ``audit`` rows
 rate) against the **guardrails** (the roadmap's four triggers):
 
 * treatment near-optimal rate (audited transfers whose used strategy costs at most the oracle's
-  within the 1 % tie band) below ``near_optimal_min`` (95 %);
+  within the 1 % tie band) below ``near_optimal_min`` (95 %), with confidence: the upper end of its
+  one-sided Wilson interval (``near_optimal_alpha``, 5 %) is below the bar;
 * treatment decision p99 above ``decision_p99_max_s`` (2 ms);
 * treatment error rate (transfers that failed or needed a raw retry) above ``error_rate_max`` (0.1 %);
 * treatment throughput (Σ bytes / Σ seconds) more than ``throughput_drop_max`` (2 %) below control's.
@@ -70,6 +71,7 @@ class Guardrails:
     throughput_drop_max: float = 0.02
     min_transfers: int = 50  # per arm, for the error rate, decision p99 and throughput
     min_audits: int = 20  # audited transfers of the arm, for the near-optimal rate
+    near_optimal_alpha: float = 0.05  # one-sided: breach when the rate is below the bar at this level
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +220,13 @@ class Check:
         return dataclasses.asdict(self)
 
 
+def _wilson_upper(rate: float, n: int, alpha: float) -> float:
+    from statsmodels.stats.proportion import proportion_confint  # type: ignore[import-untyped, unused-ignore]
+
+    _, hi = proportion_confint(round(rate * n), n, alpha=2 * alpha, method="wilson")
+    return float(hi)
+
+
 def guardrail_checks(m: LiveMetrics, g: Guardrails, share: float) -> list[Check]:
     """The four triggers on the treatment arm (and, to find a champion at fault, on control)."""
     out: list[Check] = []
@@ -226,13 +235,16 @@ def guardrail_checks(m: LiveMetrics, g: Guardrails, share: float) -> list[Check]
             continue  # no control traffic at 100 %
         enough = arm.transfers >= g.min_transfers
         near = arm.near_optimal if arm.audits >= g.min_audits else None
+        # a rate from a few dozen audits is noisy (one miss in 20 is 95 %): breach only when even the
+        # upper end of its Wilson interval (confidence 1 - near_optimal_alpha) is below the bar
+        upper = None if near is None else _wilson_upper(near, arm.audits, g.near_optimal_alpha)
         out.append(
             Check(
                 "near_optimal",
                 arm_name,
                 near,
                 g.near_optimal_min,
-                None if near is None else near >= g.near_optimal_min,
+                None if upper is None else upper >= g.near_optimal_min,
             )
         )
         p99 = arm.decision_p99_s if enough else None
