@@ -350,3 +350,25 @@ def with_kill(p: subprocess.Popen[bytes]) -> None:
         pass
     p.kill()
     p.wait(10)
+
+
+def test_audits_of_versions_with_a_longer_or_shorter_baseline_finish(
+    insecure_pair: tuple[AmstReceiver, AmstSender], tmp_path: Path
+) -> None:
+    """The queue's byte budget is returned whole however payload and baseline sizes differ (a resource
+    that grew or shrank between versions), so waiting for audits ends."""
+    _, tx = insecure_pair
+    collector = TelemetryCollector(f"sqlite:///{tmp_path / 'b.db'}", enabled=True)
+    m = TransferManager(
+        tx, None, collector=collector, audit_rate=1.0, audit_max_bytes=256 << 10, host_profile=None
+    )
+    old = os.urandom(600 << 10)
+    for new in (old[: 100 << 10], old + os.urandom(300 << 10), old[:1000]):
+        base = Baseline("r", old)
+        r = m.send(new, FAST_LINK, NODE, baseline=base, resource_id="r")
+        assert r.audited
+        old = new
+    assert m.wait_audits(60) and m._audit_bytes == 0
+    m.close()
+    assert m.audits.done == 3 and m.audits.failed == 0
+    collector.close()

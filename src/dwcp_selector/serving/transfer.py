@@ -128,6 +128,7 @@ class _AuditJob:
     link: LinkState
     system: SystemState
     payload_type: str
+    reserved: int  # bytes of the queue's budget this job holds until it is done
 
 
 def link_class(link: LinkState) -> str:
@@ -151,7 +152,9 @@ def spread_sample(
     base = as_view(baseline) if baseline is not None else None
     n = len(view)
     if n <= limit:
-        return bytes(view), (bytes(base) if base is not None else None), False
+        # the baseline is bounded too: a small new version of a huge resource keeps its first bytes
+        cut = base is not None and len(base) > limit
+        return bytes(view), (bytes(base[:limit]) if base is not None else None), cut
     piece = max(1, limit // pieces)
     step = (n - piece) // (pieces - 1)
     offsets = [i * step for i in range(pieces)]
@@ -560,7 +563,7 @@ class TransferManager:
         payload_type: str,
     ) -> bool:
         base = baseline.data if baseline is not None else None
-        need = min(len(payload), self.audit_max_bytes) * (2 if base is not None else 1)
+        need = min(len(payload), self.audit_max_bytes) + (min(len(base), self.audit_max_bytes) if base else 0)
         with self._lock:
             if self._closed or self._audit_bytes + need > self.audit_queue_bytes:
                 self.audits.dropped_full += 1
@@ -571,7 +574,9 @@ class TransferManager:
                 self._audit_thread = threading.Thread(target=self._audit_loop, name="dwcp-audit", daemon=True)
                 self._audit_thread.start()
         sample, base_sample, sampled = spread_sample(payload, base, self.audit_max_bytes)
-        job = _AuditJob(dict(record), sample, base_sample, len(payload), sampled, link, system, payload_type)
+        job = _AuditJob(
+            dict(record), sample, base_sample, len(payload), sampled, link, system, payload_type, need
+        )
         self._audit_q.put(job)
         return True
 
@@ -592,9 +597,8 @@ class TransferManager:
                 self.audits.last_error = f"{type(exc).__name__}: {exc}"
                 _log.warning("audit of %s failed: %s", job.record.get("request_id"), self.audits.last_error)
             finally:
-                need = len(job.sample) + (len(job.base_sample) if job.base_sample is not None else 0)
                 with self._lock:
-                    self._audit_bytes -= need
+                    self._audit_bytes -= job.reserved
 
     def audit_record(self, job: _AuditJob) -> dict[str, Any]:
         """Every offered strategy measured on the job's sample, scaled, priced and labelled."""
