@@ -34,7 +34,16 @@ from dwcp_selector.transport import AmstReceiver, AmstSender, Insecure
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "selector"
 GOOD = ArmMetrics(
-    transfers=500, errors=0, bytes=5e9, seconds=50.0, decision_p99_s=4e-5, audits=40, near_optimal=0.99
+    transfers=500,
+    errors=0,
+    bytes=5e9,
+    seconds=50.0,
+    decision_p99_s=4e-5,
+    audits=40,
+    near_optimal=0.99,
+    speed_n=500,
+    log_speed_mean=-0.2,
+    log_speed_var=0.3,
 )
 
 
@@ -111,7 +120,7 @@ def test_the_hold_time_and_the_samples_hold_a_step(tmp_path: Path) -> None:
         ("near_optimal", {"near_optimal": 0.90, "audits": 200}),
         ("decision_p99_s", {"decision_p99_s": 3e-3}),
         ("error_rate", {"errors": 2}),  # 2 of 500: 0.4 %
-        ("throughput_vs_control", {"seconds": 52.0}),  # 3.8 % slower than control
+        ("throughput_vs_control", {"log_speed_mean": -0.3}),  # 9.5 % slower than control
     ],
 )
 def test_each_roadmap_trigger_rolls_back_within_one_evaluation(
@@ -376,3 +385,18 @@ def test_a_few_audits_do_not_trip_the_near_optimal_guardrail(tmp_path: Path) -> 
         ev = c.tick(_good(audits=audits, near_optimal=rate))
         assert ev["action"] != "rollback", ev
     assert c.tick(_good(audits=300, near_optimal=0.90))["action"] == "rollback"
+
+
+def test_a_throughput_dip_within_the_noise_holds(tmp_path: Path) -> None:
+    """3 % slower on 40 transfers a side is within the noise of per-transfer speeds: no rollback; the
+    same dip on 20,000 transfers a side is a breach."""
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(), clock=clock, gate=approve)
+    few = {"speed_n": 40, "transfers": 60}
+    control = ArmMetrics(**{**GOOD.__dict__, **few})
+    ev = c.tick(LiveMetrics(control, ArmMetrics(**{**GOOD.__dict__, **few, "log_speed_mean": -0.23})))
+    assert ev["action"] != "rollback"
+    many = {"speed_n": 20000, "transfers": 20000}
+    control = ArmMetrics(**{**GOOD.__dict__, **many})
+    ev = c.tick(LiveMetrics(control, ArmMetrics(**{**GOOD.__dict__, **many, "log_speed_mean": -0.23})))
+    assert ev["action"] == "rollback"

@@ -458,6 +458,10 @@ def _raw_estimate(
     return est
 
 
+#: The raw-transfer estimate, for other judges of the same rows (the rollout's throughput guardrail).
+raw_transfer_s = _raw_estimate
+
+
 # -- the estimates ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Prepared:

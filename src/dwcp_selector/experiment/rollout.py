@@ -10,7 +10,10 @@ rate) against the **guardrails** (the roadmap's four triggers):
   one-sided Wilson interval (``near_optimal_alpha``, 5 %) is below the bar;
 * treatment decision p99 above ``decision_p99_max_s`` (2 ms);
 * treatment error rate (transfers that failed or needed a raw retry) above ``error_rate_max`` (0.1 %);
-* treatment throughput (Σ bytes / Σ seconds) more than ``throughput_drop_max`` (2 %) below control's.
+* treatment throughput more than ``throughput_drop_max`` (2 %) below control's, with confidence: the
+  per-transfer speed relative to sending raw on the same link (log(raw-transfer estimate / seconds),
+  so payloads of every size compare) has a one-sided Welch upper bound (``throughput_alpha``, 5 %)
+  below −2 %; the aggregate Σ bytes / Σ seconds ratio is reported beside it.
 
 A breach seen on ``failures_to_rollback`` consecutive evaluations (1 by default: at once) rolls back:
 the share goes to 0, and if the challenger had already been promoted the registry's ``champion`` alias
@@ -72,6 +75,7 @@ class Guardrails:
     min_transfers: int = 50  # per arm, for the error rate, decision p99 and throughput
     min_audits: int = 20  # audited transfers of the arm, for the near-optimal rate
     near_optimal_alpha: float = 0.05  # one-sided: breach when the rate is below the bar at this level
+    throughput_alpha: float = 0.05  # one-sided: breach when the speed is below control's at this level
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +131,11 @@ class ArmMetrics:
     decision_p99_s: float | None = None
     audits: int = 0
     near_optimal: float | None = None
+    #: per completed transfer, log(raw-transfer estimate / achieved seconds): the speed relative to
+    #: sending the payload raw on its link, so payloads of every size are comparable
+    speed_n: int = 0
+    log_speed_mean: float | None = None
+    log_speed_var: float | None = None
 
     @property
     def error_rate(self) -> float | None:
@@ -171,6 +180,23 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
 
 
+def _log_speed(table: pa.Table, rows: np.ndarray, ok: np.ndarray) -> tuple[int, float | None, float | None]:
+    from .analysis import raw_transfer_s
+
+    seconds = _col(table, "used_time_s")[rows][ok]
+    est = raw_transfer_s(
+        _col(table, "f_payload_bytes")[rows][ok],
+        _col(table, "f_capacity_bps")[rows][ok],
+        _col(table, "f_utilization")[rows][ok],
+        _col(table, "f_rtt_s")[rows][ok],
+        _col(table, "f_loss")[rows][ok],
+    )
+    if est is None or len(seconds) < 2:
+        return len(seconds), None, None
+    v = np.log(est) - np.log(seconds)
+    return len(v), float(np.mean(v)), float(np.var(v, ddof=1))
+
+
 def _arm(table: pa.Table, arm: str) -> ArmMetrics:
     if table.num_rows == 0:
         return ArmMetrics()
@@ -197,7 +223,11 @@ def _arm(table: pa.Table, arm: str) -> ArmMetrics:
                 cost[pick] = _col(table, f"cost_{s}_s")[audits][pick]
         good = cost <= best * (1.0 + NEAR_OPTIMAL_TOLERANCE)
         near = float(np.count_nonzero(good)) / n_audits
+    speed_n, speed_mean, speed_var = _log_speed(table, rows, ok)
     return ArmMetrics(
+        speed_n=speed_n,
+        log_speed_mean=speed_mean,
+        log_speed_var=speed_var,
         transfers=int(np.count_nonzero(rows)),
         errors=int(np.count_nonzero(failed)),
         bytes=float(np.sum(size[ok])),
@@ -215,6 +245,7 @@ class Check:
     value: float | None
     limit: float
     ok: bool | None  # None: not enough data to judge
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,6 +256,26 @@ def _wilson_upper(rate: float, n: int, alpha: float) -> float:
 
     _, hi = proportion_confint(round(rate * n), n, alpha=2 * alpha, method="wilson")
     return float(hi)
+
+
+def _speed_gain_upper(t: ArmMetrics, c: ArmMetrics, alpha: float) -> float | None:
+    """The one-sided upper confidence bound (Welch) of treatment's speed relative to control's, as a
+    gain (0.0: the same): the throughput guardrail breaches only when even that is below −2 %."""
+    from scipy import stats  # type: ignore[import-untyped, unused-ignore]
+
+    if None in (t.log_speed_mean, t.log_speed_var, c.log_speed_mean, c.log_speed_var):
+        return None
+    if t.speed_n < 2 or c.speed_n < 2:
+        return None
+    assert t.log_speed_mean is not None and c.log_speed_mean is not None
+    assert t.log_speed_var is not None and c.log_speed_var is not None
+    vt, vc = t.log_speed_var / t.speed_n, c.log_speed_var / c.speed_n
+    se = math.sqrt(vt + vc)
+    if se == 0:
+        return math.exp(t.log_speed_mean - c.log_speed_mean) - 1.0
+    df = (vt + vc) ** 2 / (vt**2 / (t.speed_n - 1) + vc**2 / (c.speed_n - 1))
+    upper = t.log_speed_mean - c.log_speed_mean + float(stats.t.ppf(1 - alpha, df)) * se
+    return math.exp(upper) - 1.0
 
 
 def guardrail_checks(m: LiveMetrics, g: Guardrails, share: float) -> list[Check]:
@@ -270,16 +321,25 @@ def guardrail_checks(m: LiveMetrics, g: Guardrails, share: float) -> list[Check]
     if share < 1.0:
         t, c = m.treatment.throughput_bps, m.control.throughput_bps
         judged = m.treatment.transfers >= g.min_transfers and m.control.transfers >= g.min_transfers
-        ratio = t / c - 1.0 if judged and t is not None and c else None
+        upper = _speed_gain_upper(m.treatment, m.control, g.throughput_alpha) if judged else None
+        gain = None
+        if (
+            upper is not None
+            and m.treatment.log_speed_mean is not None
+            and m.control.log_speed_mean is not None
+        ):
+            gain = math.exp(m.treatment.log_speed_mean - m.control.log_speed_mean) - 1.0
         out.append(
             Check(
                 "throughput_vs_control",
                 "treatment",
-                ratio,
+                gain,
                 -g.throughput_drop_max,
-                None if ratio is None else ratio >= -g.throughput_drop_max,
+                None if upper is None else upper >= -g.throughput_drop_max,
             )
         )
+        out[-1].extra["aggregate_ratio"] = t / c - 1.0 if judged and t is not None and c else None
+        out[-1].extra["upper"] = upper
     return out
 
 
