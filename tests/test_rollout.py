@@ -309,7 +309,13 @@ def test_a_bad_challenger_on_real_transfers_is_rolled_back(
     arms = ExperimentArms(RolloutFollower(state, interval_s=0), champion, bad)
     collector = TelemetryCollector(url, enabled=True, flush_interval_s=0.02)
     manager = TransferManager(
-        tx, None, collector=collector, experiment=arms, audit_rate=1.0, host_profile=None
+        tx,
+        None,
+        collector=collector,
+        experiment=arms,
+        audit_rate=0.0,
+        arm_audit_rates={"treatment": 1.0},  # the small arm audited whole, control not at all
+        host_profile=None,
     )
     link = LINK if challenger == "slow" else FAST
     for data in _payloads(60):
@@ -320,6 +326,8 @@ def test_a_bad_challenger_on_real_transfers_is_rolled_back(
     rows = _read(url)
     arms_seen = set(rows.column("arm").to_pylist())
     assert arms_seen == {"control", "treatment"}
+    audited = {r["arm"] for r in rows.to_pylist() if r["source"] == "audit"}
+    assert audited == {"treatment"}
     t0 = time.monotonic()
     ev = controller.tick()
     took = time.monotonic() - t0

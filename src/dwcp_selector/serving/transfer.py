@@ -53,6 +53,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -169,7 +170,9 @@ class TransferManager:
     ``selector``: the acting policy (``None``: the rule heuristic acts). ``collector``: where records go
     (``None``: none are kept; audits then do not run). ``host_profile``: this node's speed profile for
     the records' ``f_host_*`` columns (``"auto"``: the cached one, or ``None`` when none is cached: the
-    transfer path never measures). ``audit_rate``: share of transfers re-measured in the background.
+    transfer path never measures). ``audit_rate``: share of transfers re-measured in the background;
+    ``arm_audit_rates`` overrides it per experiment arm (a rollout audits its small treatment arm more,
+    so the near-optimal guardrail has data early).
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class TransferManager:
         cache: DecisionCache | None = None,
         experiment: ExperimentArms | None = None,
         node_id: str | None = None,
+        arm_audit_rates: Mapping[str, float] | None = None,
     ) -> None:
         if not 0.0 <= audit_rate <= 1.0:
             raise ConfigError(f"audit rate must be in [0, 1], got {audit_rate}")
@@ -208,6 +212,9 @@ class TransferManager:
         self.codec = codec or PayloadCodec()
         self.cache = cache
         self.experiment = experiment
+        self.arm_audit_rates = dict(arm_audit_rates or {})
+        if any(not 0.0 <= r <= 1.0 for r in self.arm_audit_rates.values()):
+            raise ConfigError(f"audit rates must be in [0, 1], got {self.arm_audit_rates}")
         self.node_id = node_id or socket.gethostname()
         self.cache_wait_max_s = 0.0
         self.audits = AuditStats()
@@ -338,7 +345,8 @@ class TransferManager:
                     propensity,
                 )
                 self.collector.record(record)
-                if failure is None and self._audit_this(result.request_id):
+                rate = self.arm_audit_rates.get(arm, self.audit_rate) if arm else self.audit_rate
+                if failure is None and self._audit_this(result.request_id, rate):
                     audited = self._queue_audit(record, payload, baseline, link, system, payload_type)
             except Exception:  # noqa: BLE001 - telemetry must never fail a transfer
                 _log.exception("transfer %s: telemetry record not built", tid)
@@ -547,11 +555,12 @@ class TransferManager:
         return rec
 
     # -- audits ----------------------------------------------------------------------------------------
-    def _audit_this(self, request_id: str) -> bool:
-        if self.audit_rate <= 0.0:
+    def _audit_this(self, request_id: str, rate: float | None = None) -> bool:
+        rate = self.audit_rate if rate is None else rate
+        if rate <= 0.0:
             return False
         h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
-        return h < self.audit_rate * 2.0**64
+        return h < rate * 2.0**64
 
     def _queue_audit(
         self,
