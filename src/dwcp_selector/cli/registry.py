@@ -174,8 +174,35 @@ def vectors_cmd(model_dir: Path, check: bool, as_json: bool) -> None:
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback unless told otherwise.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def serve_cmd(registry_dir: Path | None, alias: str, model_dir: Path | None, host: str, port: int) -> None:
-    """Serve decisions over HTTP (POST /v1/select); DWCP_RELOAD_TOKEN enables POST /v1/model:reload."""
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes (more than one needs --registry: each follows the alias).",
+)
+@click.option(
+    "--follow",
+    "follow_s",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    help="With --registry: seconds between checks of the alias.",
+)
+def serve_cmd(
+    registry_dir: Path | None,
+    alias: str,
+    model_dir: Path | None,
+    host: str,
+    port: int,
+    workers: int,
+    follow_s: float,
+) -> None:
+    """Serve decisions over HTTP (POST /v1/select); DWCP_RELOAD_TOKEN enables POST /v1/model:reload.
+
+    With --registry the service follows the alias (a promotion or rollback reaches it within --follow
+    seconds); with --workers N each worker process holds its own model and follows the alias on its own,
+    so a token reload, which reaches one worker, reaches the others through the alias as well."""
     import os
 
     import uvicorn
@@ -184,7 +211,28 @@ def serve_cmd(registry_dir: Path | None, alias: str, model_dir: Path | None, hos
 
     if (registry_dir is None) == (model_dir is None):
         raise click.UsageError("give exactly one of --registry and --model")
+    if workers > 1 and registry_dir is None:
+        raise click.UsageError(
+            "--workers needs --registry: with --model a reload would reach only the worker it lands on"
+        )
     settings = Settings.from_env()
+    if workers > 1:
+        assert registry_dir is not None
+        ModelRegistry(registry_dir, model_key=settings.model_key).path(alias)  # refuse a bad alias now
+        os.environ.update(
+            DWCP_SERVE_REGISTRY=str(registry_dir), DWCP_SERVE_ALIAS=alias, DWCP_SERVE_FOLLOW_S=str(follow_s)
+        )
+        os.environ.pop("DWCP_SERVE_MODEL", None)
+        uvicorn.run(
+            "dwcp_selector.serving.http:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     registry = ModelRegistry(registry_dir, model_key=settings.model_key) if registry_dir is not None else None
     app = create_app(
         model_dir=model_dir,
@@ -192,5 +240,6 @@ def serve_cmd(registry_dir: Path | None, alias: str, model_dir: Path | None, hos
         alias=alias,
         reload_token=os.environ.get("DWCP_RELOAD_TOKEN") or None,
         model_key=settings.model_key,
+        follow_interval_s=follow_s,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

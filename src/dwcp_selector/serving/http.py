@@ -427,8 +427,13 @@ class SelectorApp:
         alias: str | None,
         reload_token: str | None,
         max_body_bytes: int,
+        registry: ModelRegistry | None = None,
+        follow_interval_s: float = 2.0,
     ) -> None:
         self._load, self.metrics, self.alias = load, metrics, alias
+        self.registry, self.follow_interval_s = registry, follow_interval_s
+        self._follower: asyncio.Task[None] | None = None
+        self.follow_errors = 0
         self.reload_token, self.max_body_bytes = reload_token, max_body_bytes
         self.service = load()
         self._http = _HttpCounts()
@@ -444,8 +449,12 @@ class SelectorApp:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    if self.registry is not None and self.alias is not None and self.follow_interval_s > 0:
+                        self._follower = asyncio.get_running_loop().create_task(self._follow())
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    if self._follower is not None:
+                        self._follower.cancel()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -540,6 +549,27 @@ class SelectorApp:
             alias=self.alias,
         )
 
+    async def _follow(self) -> None:
+        """Follow the registry alias: when it moves, load the version it names aside and swap it in. Each
+        worker process of a multi-worker service follows on its own, so a promotion (or a token reload
+        that reached one worker) reaches them all within ``follow_interval_s``."""
+        assert self.registry is not None and self.alias is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.follow_interval_s)
+            try:
+                target = await loop.run_in_executor(None, self.registry.resolve, self.alias)
+                if target != self.service.version:
+                    fresh = await loop.run_in_executor(None, self._load)
+                    if fresh.guard.selector is not None:
+                        self.service = fresh
+                    else:
+                        self.follow_errors += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a registry read that fails keeps the current model
+                self.follow_errors += 1
+
     async def _reload(self, scope: Scope) -> ReloadOut:
         if self.reload_token is None:
             raise _HttpError(403, "reload is disabled: the service was started without a token")
@@ -574,8 +604,10 @@ def create_app(
     reload_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     model_key: bytes | None = None,
+    follow_interval_s: float = 2.0,
 ) -> SelectorApp:
-    """The service for a model directory, or for a registry alias it can reload."""
+    """The service for a model directory, or for a registry alias it follows (checked every
+    ``follow_interval_s``; 0: only on a token reload) and can reload."""
     metrics = SelectorMetrics()
 
     def load() -> _Service:
@@ -595,6 +627,8 @@ def create_app(
         alias=alias if registry is not None else None,
         reload_token=reload_token,
         max_body_bytes=max_body_bytes,
+        registry=registry,
+        follow_interval_s=follow_interval_s,
     )
 
 
@@ -614,4 +648,5 @@ def create_app_from_env() -> SelectorApp:
         alias=os.environ.get("DWCP_SERVE_ALIAS", "champion"),
         reload_token=os.environ.get("DWCP_RELOAD_TOKEN") or None,
         model_key=key,
+        follow_interval_s=float(os.environ.get("DWCP_SERVE_FOLLOW_S", "2.0")),
     )
