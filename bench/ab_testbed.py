@@ -267,7 +267,9 @@ def rollout(
     steps: tuple[float, ...],
     batch: int,
     max_batches: int,
+    control: str = "champion",
 ) -> dict[str, Any]:
+    """One rollout of ``treatment`` against ``control`` (``champion``: the shipped model; ``heuristic``)."""
     from dwcp_selector.experiment.rollout import Guardrails, RolloutController, RolloutPlan
 
     name = f"rollout-{treatment}-{rate_mbit:g}M"
@@ -281,6 +283,7 @@ def rollout(
         unit="transfer",
         planned_units_per_arm=args.transfers // 2,
         guardrails=Guardrails(min_transfers=20, min_audits=10),
+        control=control,
     )
     controller = RolloutController.start(state, plan, read_rows=lambda: _read(store, name))
     timeline: list[dict[str, Any]] = []
@@ -292,7 +295,7 @@ def rollout(
             store=store,
             experiment=name,
             state=str(state),
-            control="model",
+            control="model" if control == "champion" else "heuristic",
             treatment=treatment,
             audit_rate=args.audit_rate,
             arm_audit_rates={"treatment": 1.0},
@@ -326,6 +329,7 @@ def rollout(
         "rate_mbit": rate_mbit,
         "status": summary["status"],
         "timeline": timeline,
+        "control": control,
         "breach": breach,
         "first_treatment_at": first_bad,
         "breach_to_rollback_s": (breach["at"] - first_bad) if breach and first_bad else None,
@@ -341,13 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="50,200,1000", help="Mbit/s, comma separated")
     ap.add_argument("--transfers", type=int, default=600, help="per A/B link speed")
     ap.add_argument("--audit-rate", type=float, default=0.1)
-    ap.add_argument("--rollout-rate", type=float, default=1000.0, help="Mbit/s of the rollout runs")
+    ap.add_argument("--rollout-rates", default="50,1000", help="Mbit/s of the rollout walks")
     ap.add_argument("--hold-s", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="fewer transfers (a smoke run)")
     args = ap.parse_args(argv)
     if args.cmd == "worker":
         return _worker_main(args.role)
     args.rates = [float(x) for x in str(args.rates).split(",") if x.strip()]
+    args.rollout_rates = [float(x) for x in str(args.rollout_rates).split(",") if x.strip()]
     if args.quick:
         args.transfers = min(args.transfers, 60)
     ok, why = tb.netns_available()
@@ -360,10 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         store = f"sqlite:///{tmp / 'ab.db'}"
         logs = tmp / "logs"
         ab = ab_per_rate(args, store, logs)
-        walk = rollout(args, store, logs, tmp, "model", args.rollout_rate, (0.01, 0.10, 0.50, 1.0), 100, 80)
+        walks = [
+            rollout(args, store, logs, tmp, "model", rate, (0.01, 0.10, 0.50, 1.0), 100, 80, "heuristic")
+            for rate in args.rollout_rates
+        ]
         bad = [
-            rollout(args, store, logs, tmp, "zstd", args.rollout_rate, (0.10, 0.50, 1.0), 40, 20),
-            rollout(args, store, logs, tmp, "slow", args.rollout_rate, (0.10, 0.50, 1.0), 40, 20),
+            rollout(args, store, logs, tmp, "zstd", 1000.0, (0.10, 0.50, 1.0), 40, 20),
+            rollout(args, store, logs, tmp, "slow", args.rollout_rates[0], (0.10, 0.50, 1.0), 40, 20),
         ]
     doc = {
         "machine": machine(),
@@ -371,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items() if k != "cmd"},
         "ab": ab,
-        "rollout": walk,
+        "rollouts": walks,
         "bad_challengers": bad,
         "elapsed_s": time.monotonic() - t0,
     }
@@ -384,25 +392,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(doc: dict[str, Any]) -> None:
-    print(f"\n{'A/B (model vs heuristic)':24} {'n':>6} {'gain':>8} {'CI':>20} {'p':>10} {'verdict':>9}")
+    print(
+        f"\n{'A/B (model vs heuristic)':18} {'transfers':>9} {'speed gain':>10} {'95 % CI':>20} {'p':>9} "
+        f"{'throughput':>10} {'95 % CI':>20} {'verdict':>8}"
+    )
     for name, r in doc["ab"].items():
         a = r["analysis"]
-        tp = a.get("throughput", {})
-        sp = a.get("speed", {})
-        ci = sp.get("ci") or [None, None]
+        sp, tp = a.get("speed") or {}, a.get("throughput") or {}
+        sci, tci = sp.get("ci95") or [None, None], tp.get("ci95") or [None, None]
         print(
-            f"{name:24} {r['run']['done']:6d} {_pct(sp.get('gain')):>8} "
-            f"{_pct(ci[0]) + ' .. ' + _pct(ci[1]):>20} {_num(sp.get('p')):>10} {a.get('verdict', '?'):>9}"
-            f"   throughput {_pct(tp.get('gain'))}"
+            f"{name:18} {r['run']['done']:9d} {_pct(sp.get('gain')):>10} "
+            f"{_pct(sci[0]) + ' .. ' + _pct(sci[1]):>20} "
+            f"{_num(sp.get('p_one_sided')):>9} {_pct(tp.get('gain')):>10} "
+            f"{_pct(tci[0]) + ' .. ' + _pct(tci[1]):>20} {a.get('verdict', '?'):>8}"
         )
-    w = doc["rollout"]
-    print(
-        f"\nrollout {w['experiment']}: {w['status']}; steps "
-        + " ".join(f"{e['share_before'] * 100:g}%:{e['action']}" for e in w["timeline"])
-    )
+    for w in doc["rollouts"]:
+        steps = [
+            f"{e['share_before'] * 100:g}%:{e['action']}" for e in w["timeline"] if e["action"] != "hold"
+        ]
+        why = (w.get("breach") or {}).get("why") or ""
+        print(f"\n{w['experiment']}: {w['status']} {' '.join(steps)} {why}")
     for b in doc["bad_challengers"]:
         why = (b.get("breach") or {}).get("why")
-        print(f"{b['experiment']}: {b['status']} after {_num(b.get('breach_to_rollback_s'))} s ({why})")
+        print(
+            f"{b['experiment']}: {b['status']} {_num(b.get('breach_to_rollback_s'))} s "
+            f"after its first transfer ({why})"
+        )
 
 
 def _pct(x: Any) -> str:

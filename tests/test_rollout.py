@@ -408,3 +408,16 @@ def test_a_throughput_dip_within_the_noise_holds(tmp_path: Path) -> None:
     control = ArmMetrics(**{**GOOD.__dict__, **many})
     ev = c.tick(LiveMetrics(control, ArmMetrics(**{**GOOD.__dict__, **many, "log_speed_mean": -0.23})))
     assert ev["action"] == "rollback"
+
+
+def test_the_heuristic_as_control_is_not_guarded(tmp_path: Path) -> None:
+    """Model against the rule heuristic: the heuristic is the fallback itself, so its own near-optimal
+    rate (lower than a model's, by design) is no fault to roll back for."""
+    clock = Clock()
+    c = RolloutController.start(tmp_path / "s.json", _plan(control="heuristic"), clock=clock, gate=approve)
+    weak = ArmMetrics(**{**GOOD.__dict__, "near_optimal": 0.70, "audits": 300})
+    clock.now += 61
+    ev = c.tick(LiveMetrics(control=weak, treatment=GOOD))
+    assert ev["action"] == "advance" and not [ch for ch in ev["checks"] if ch["arm"] == "control"]
+    with pytest.raises(ConfigError, match="control"):
+        RolloutPlan("e", control="nobody")

@@ -94,6 +94,9 @@ class RolloutPlan:
     unit: str = "resource"
     salt: str = ""
     challenger: str | None = None  # the registry version under test (promoted to champion at the end)
+    #: what the control arm runs: the current champion model (guarded like the treatment: a champion at
+    #: fault sends control to the heuristic) or the rule heuristic itself (the fallback: not guarded)
+    control: str = "champion"
     guardrails: Guardrails = field(default_factory=Guardrails)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class RolloutPlan:
             raise ConfigError("hold, samples and interval must be non-negative (interval positive)")
         if self.failures_to_rollback < 1:
             raise ConfigError("failures_to_rollback must be at least 1")
+        if self.control not in ("champion", "heuristic"):
+            raise ConfigError(f"control must be 'champion' or 'heuristic', got {self.control!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -278,12 +283,14 @@ def _speed_gain_upper(t: ArmMetrics, c: ArmMetrics, alpha: float) -> float | Non
     return math.exp(upper) - 1.0
 
 
-def guardrail_checks(m: LiveMetrics, g: Guardrails, share: float) -> list[Check]:
+def guardrail_checks(
+    m: LiveMetrics, g: Guardrails, share: float, *, guard_control: bool = True
+) -> list[Check]:
     """The four triggers on the treatment arm (and, to find a champion at fault, on control)."""
     out: list[Check] = []
     for arm_name, arm in (("treatment", m.treatment), ("control", m.control)):
-        if arm_name == "control" and share >= 1.0:
-            continue  # no control traffic at 100 %
+        if arm_name == "control" and (share >= 1.0 or not guard_control):
+            continue  # no control traffic at 100 %; the heuristic as control is the fallback itself
         enough = arm.transfers >= g.min_transfers
         near = arm.near_optimal if arm.audits >= g.min_audits else None
         # a rate from a few dozen audits is noisy (one miss in 20 is 95 %): breach only when even the
@@ -351,7 +358,9 @@ def analysis_gate(table: pa.Table, plan: RolloutPlan) -> tuple[str, dict[str, An
     from . import analysis  # scipy and statsmodels: imported only by a controller that gates
 
     rows = table.filter(pc.fill_null(pc.equal(table.column("experiment"), plan.experiment), False))
-    obs = analysis.Observations.from_table(rows)
+    # analysed by the unit that was randomised (the records carry no node id: a node's host profile is)
+    unit_column = {"transfer": "request_id", "resource": "resource_id", "node": "host_profile_id"}[plan.unit]
+    obs = analysis.Observations.from_table(rows, unit_column=unit_column)
     result = analysis.analyze(obs, analysis.Design(plan.experiment, plan.planned_units_per_arm))
     return str(result.verdict), result.to_dict()
 
@@ -453,7 +462,7 @@ class RolloutController:
                 raise ConfigError("tick() needs metrics or a read_rows source")
             table = self.read_rows()
             metrics = LiveMetrics.from_table(table, plan.experiment, since)
-        checks = guardrail_checks(metrics, plan.guardrails, share)
+        checks = guardrail_checks(metrics, plan.guardrails, share, guard_control=plan.control == "champion")
         failed = [c for c in checks if c.ok is False]
         evaluation: dict[str, Any] = {
             "at": now,
