@@ -13,7 +13,8 @@ load generator's share of the machine is stated.
 
 The stacks (``--stack``, several allowed): ``cli`` is what ``dwcp-selector serve`` runs (uvicorn,
 which takes uvloop and httptools when they are installed, one process); ``uvicorn-asyncio`` the same on
-asyncio's loop and h11; ``granian`` the same app on granian's Rust HTTP server (``--workers`` processes).
+asyncio's loop and h11; ``granian`` the same app on granian's Rust HTTP server. ``--workers N`` runs N
+worker processes (``cli``: ``serve --registry … --workers N`` on a throwaway registry holding the model).
 With two or more cores, the server is pinned to the first ``--server-cores`` cores and wrk to the others
 (``--pin``; ``--no-pin`` lets both float, as a multi-worker server needs). In-process figures beside
 them: ``Decider.decide_features`` (what a single request runs), ``GuardedSelector.select_features_batch``
@@ -219,7 +220,15 @@ def in_process(calls: int) -> dict[str, Any]:
 
 def _start(stack: str, port: int, args: argparse.Namespace, cores: list[int]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if stack == "cli":
+    if stack == "cli" and args.workers > 1:
+        # several workers need a registry (each follows its alias): a throwaway one holding the model
+        from dwcp_selector.serving import ModelRegistry
+
+        reg = ModelRegistry(Path(tempfile.mkdtemp(prefix="bench-reg-")), create=True)
+        reg.register(MODEL, alias="champion", why="bench/serving.py")
+        cmd = [sys.executable, "-m", "dwcp_selector", "serve", "--registry", str(reg.root)]
+        cmd += ["--workers", str(args.workers), "--port", str(port)]
+    elif stack == "cli":
         cmd = [sys.executable, "-m", "dwcp_selector", "serve", "--model", str(MODEL), "--port", str(port)]
     else:
         if stack == "granian":  # the factory takes no arguments: the model directory by the environment
@@ -302,7 +311,9 @@ def main() -> None:
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--stack", nargs="+", default=["cli"], choices=["cli", *SERVERS])
-    ap.add_argument("--workers", type=int, default=1, help="granian's worker processes")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="worker processes (cli: `serve --registry … --workers N`)"
+    )
     ap.add_argument("--server-cores", type=int, default=1)
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
