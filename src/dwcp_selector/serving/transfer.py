@@ -74,6 +74,7 @@ from ..strategies import Baseline, PayloadCodec
 from ..strategies.base import as_view
 from ..strategies.hde import HdePlan
 from ..telemetry.collector import TelemetryCollector
+from ..telemetry.columns import feature_columns, link_columns, measurement_flags, outcome_columns
 from ..telemetry.schema import SCHEMA_VERSION, STRATEGIES, QualityFlag
 from ..telemetry.staging import host_columns
 from ..transport.sender import AmstSender, SendReport
@@ -496,21 +497,8 @@ class TransferManager:
             "draw": 0,
             "f_payload_type": payload_type,
             "f_payload_bytes": size,
-            "f_has_baseline": basic.has_baseline,
-            "f_baseline_bytes": basic.baseline_bytes,
-            "f_entropy": basic.entropy,
-            "f_zero_fraction": basic.zero_fraction,
-            "f_text_fraction": basic.text_fraction,
-            "f_similarity_pages": basic.similarity_pages,
-            "f_basic_s": basic.seconds,
-            "f_link_type": link_class(link),
-            "f_capacity_bps": link.capacity_bps,
-            "f_utilization": link.utilization,
-            "f_rtt_s": link.rtt_s,
-            "f_jitter_s": link.jitter_s,
-            "f_loss": link.loss,
-            "f_free_cores": system.free_cores,
-            "f_active_transfers": system.active_transfers,
+            **feature_columns(basic, rich),
+            **link_columns(link, system, link_class(link)),
             "f_prev_zstd_ratio": history.get("zstd"),
             "f_prev_lz4_ratio": history.get("lz4"),
             "f_prev_hde_ratio": history.get("hde"),
@@ -537,16 +525,6 @@ class TransferManager:
             "quality_flags": int(QualityFlag.SINGLE_TIMING),
             **self._host,
         }
-        if rich is not None:
-            rec.update(
-                f_zero_page_fraction=rich.zero_page_fraction,
-                f_probe_lz4_ratio=rich.probe_lz4_ratio,
-                f_probe_zstd_ratio=rich.probe_zstd_ratio,
-                f_similarity_inplace=rich.similarity_inplace,
-                f_similarity_shifted=rich.similarity_shifted,
-                f_probe_s=rich.probe_s,
-                f_similarity_s=rich.similarity_s,
-            )
         if result.shadow is not None:
             rec["shadow_strategy"] = result.shadow.strategy
             rec["shadow_model_version"] = (
@@ -631,11 +609,7 @@ class TransferManager:
         }
         costs = self.cost_model.costs(job.payload_bytes, scaled, job.link, job.system)
         decision = Oracle(self.cost_model).decide(costs)
-        flags = QualityFlag.NONE
-        if len(good) != len(runs):
-            flags |= QualityFlag.ROUNDTRIP_FAILED
-        if repeats == 1:
-            flags |= QualityFlag.SINGLE_TIMING
+        flags = measurement_flags(runs, repeats)
         if job.sampled:
             flags |= QualityFlag.SAMPLED
         gap = decision.runner_up_gap
@@ -658,11 +632,8 @@ class TransferManager:
             measure_repeats=repeats,
             quality_flags=int(flags),
         )
+        rec.update(outcome_columns(scaled))
         for s in STRATEGIES:
-            m = scaled.get(s)
-            rec[f"o_{s}_bytes"] = m.compressed_bytes if m is not None else None
-            rec[f"o_{s}_encode_s"] = m.encode_s if m is not None else None
-            rec[f"o_{s}_decode_s"] = m.decode_s if m is not None else None
             rec[f"cost_{s}_s"] = costs.get(s)
         return rec
 

@@ -39,6 +39,7 @@ from ..workload.links import draw_link, draw_system
 from ..workload.payloads import default_pools
 from ..workload.staging import PlannedSession, ScenarioMix, Transfer, plan_sessions, session_transfers
 from ..workload.system_corpus import SystemCorpus
+from .columns import feature_columns, link_columns, measurement_flags, outcome_columns
 from .schema import COLUMNS, SCHEMA_VERSION, STRATEGIES, QualityFlag
 from .store import open_store
 
@@ -119,13 +120,7 @@ def records_for_transfer(
     if baseline is not None:
         plan = codec.registry.get("hde").plan(t.payload, baseline)
         tier = plan.tier if isinstance(plan, HdePlan) else None
-    flags = QualityFlag.NONE
-    if len(good) != len(runs):
-        flags |= QualityFlag.ROUNDTRIP_FAILED
-    if repeats == 1:
-        flags |= QualityFlag.SINGLE_TIMING
-    if any(min(r.encode_s, r.decode_s) < 20e-6 for r in runs.values() if r.roundtrip):
-        flags |= QualityFlag.COARSE_TIMING
+    flags = measurement_flags(runs, repeats)
     size = len(t.payload)
     base: dict[str, Any] = {
         "source": source,
@@ -135,20 +130,7 @@ def records_for_transfer(
         "version": t.version,
         "f_payload_type": t.payload_type,
         "f_payload_bytes": size,
-        "f_has_baseline": basic.has_baseline,
-        "f_baseline_bytes": basic.baseline_bytes,
-        "f_entropy": basic.entropy,
-        "f_zero_fraction": basic.zero_fraction,
-        "f_text_fraction": basic.text_fraction,
-        "f_zero_page_fraction": rich.zero_page_fraction,
-        "f_probe_lz4_ratio": rich.probe_lz4_ratio,
-        "f_probe_zstd_ratio": rich.probe_zstd_ratio,
-        "f_similarity_pages": basic.similarity_pages,
-        "f_similarity_inplace": rich.similarity_inplace,
-        "f_similarity_shifted": rich.similarity_shifted,
-        "f_basic_s": basic.seconds,
-        "f_probe_s": rich.probe_s,
-        "f_similarity_s": rich.similarity_s,
+        **feature_columns(basic, rich),
         "f_prev_zstd_ratio": history.get("zstd"),
         "f_prev_lz4_ratio": history.get("lz4"),
         "f_prev_hde_ratio": history.get("hde"),
@@ -167,12 +149,8 @@ def records_for_transfer(
     }
     sample_bytes, probes = sampling_probe(t.payload, t.baseline, codec)
     base["p_sample_bytes"] = sample_bytes
+    base.update(outcome_columns(good))
     for s in STRATEGIES:
-        run = runs.get(s)
-        ok = run is not None and run.roundtrip
-        base[f"o_{s}_bytes"] = run.compressed_bytes if ok and run else None
-        base[f"o_{s}_encode_s"] = run.encode_s if ok and run else None
-        base[f"o_{s}_decode_s"] = run.decode_s if ok and run else None
         probe = probes.get(s)
         ok = probe is not None and probe.roundtrip
         base[f"p_{s}_bytes"] = probe.compressed_bytes if ok and probe else None
@@ -193,14 +171,7 @@ def records_for_transfer(
                 "request_id": request_id(seed, payload_index, d),
                 "ts": t.ts + dt.timedelta(milliseconds=d),
                 "draw": d,
-                "f_link_type": link.link_type,
-                "f_capacity_bps": link.capacity_bps,
-                "f_utilization": link.utilization,
-                "f_rtt_s": link.rtt_s,
-                "f_jitter_s": link.jitter_s,
-                "f_loss": link.loss,
-                "f_free_cores": system.free_cores,
-                "f_active_transfers": system.active_transfers,
+                **link_columns(link, system, link.link_type),
                 "o_streams": cost_model.streams(link),
                 "oracle_label": decision.label,
                 "oracle_cost_s": decision.cost_s,
