@@ -205,6 +205,12 @@ class StrategyMeasurement:
     encode_s: float
     decode_s: float
 
+    def scaled(self, factor: float) -> StrategyMeasurement:
+        """This measurement of a sample extrapolated to a payload ``factor`` times its size."""
+        return StrategyMeasurement(
+            max(1, round(self.compressed_bytes * factor)), self.encode_s * factor, self.decode_s * factor
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class OracleDecision:

@@ -30,6 +30,7 @@ __all__ = [
     "measure_strategy",
     "probe_sample",
     "sampling_probe",
+    "spread_offsets",
 ]
 
 #: Payloads below this size are measured ``DEFAULT_SMALL_REPEATS`` times and the least time is kept.
@@ -224,6 +225,13 @@ PROBE_PIECE = 16 * 1024
 PROBE_PIECES = 4
 
 
+def spread_offsets(n: int, piece: int, pieces: int) -> list[int]:
+    """Where ``pieces`` pieces of ``piece`` bytes start, spread evenly over ``n`` bytes (first at 0, last
+    ending at the end); ``n`` is at least ``piece * pieces``."""
+    step = (n - piece) // (pieces - 1)
+    return [i * step for i in range(pieces)]
+
+
 def probe_sample(payload: BytesLike, baseline: BytesLike | None) -> tuple[bytes, bytes | None]:
     """The probe's sample of ``payload`` and the baseline bytes at the same offsets (for HDE)."""
     view = as_view(payload)
@@ -232,8 +240,7 @@ def probe_sample(payload: BytesLike, baseline: BytesLike | None) -> tuple[bytes,
         offsets = [0]
         piece = n
     else:
-        step = (n - PROBE_PIECE) // (PROBE_PIECES - 1)
-        offsets = [i * step for i in range(PROBE_PIECES)]
+        offsets = spread_offsets(n, PROBE_PIECE, PROBE_PIECES)
         piece = PROBE_PIECE
     sample = b"".join(bytes(view[o : o + piece]) for o in offsets)
     base_sample = None

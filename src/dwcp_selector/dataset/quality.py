@@ -37,7 +37,7 @@ from ..costmodel import CostModel, Oracle
 from ..link import LINK_CLASSES
 from ..telemetry.schema import COLUMNS, LABELLED_SOURCES, RELAXED_IN_4, STRATEGIES
 
-__all__ = ["BARS", "QualityReport", "assess"]
+__all__ = ["BARS", "QualityReport", "assess", "column_values"]
 
 BARS = {"quality_score": 0.95, "missing_share": 0.05, "min_class_share": 0.05, "min_link_share": 0.05}
 HDE_AMST_TARGET = (0.30, 0.70)
@@ -104,11 +104,12 @@ def _rounded(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in d.items()}
 
 
-def _np(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
+def column_values(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
+    """A telemetry column as a NumPy array, nulls filled: booleans False, strings "", numbers NaN."""
     col = table.column(name)
     if pa.types.is_boolean(col.type):
         return np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-    if pa.types.is_string(col.type):
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
     return np.asarray(
         pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=dtype
@@ -123,8 +124,8 @@ def _shares(values: np.ndarray, names: Sequence[str]) -> dict[str, float]:
 def expected_mask(table: pa.Table) -> dict[str, np.ndarray]:
     """Per column, the rows where a value must be present."""
     n = table.num_rows
-    has_base = _np(table, "f_has_baseline")
-    source = _np(table, "source")
+    has_base = column_values(table, "f_has_baseline")
+    source = column_values(table, "source")
     production = source != "staging"
     labelled = np.isin(source, LABELLED_SOURCES)
     out: dict[str, np.ndarray] = {}
@@ -179,7 +180,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
         checks[name] = ~ok
 
     def within(name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = _np(table, name)
+        v = column_values(table, name)
         present = ~np.isnan(v)
         ok = np.ones(n, dtype=bool)
         ok &= ~present | ((v > lo) if lo_open else (v >= lo))
@@ -222,13 +223,13 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
         within(f"p_{s}_bytes", 0, np.inf)
         within(f"p_{s}_encode_s", 0, 60)
         within(f"p_{s}_decode_s", 0, 60)
-    link_type = _np(table, "f_link_type")
+    link_type = column_values(table, "f_link_type")
     check("f_link_type known", np.isin(link_type, list(LINK_CLASSES)))
-    label = _np(table, "oracle_label")
+    label = column_values(table, "oracle_label")
     offered = np.zeros(n, dtype=bool)
     for s in STRATEGIES:
-        offered |= (label == s) & ~np.isnan(_np(table, f"cost_{s}_s"))
-    check("oracle_label offered", offered | ~np.isin(_np(table, "source"), LABELLED_SOURCES))
+        offered |= (label == s) & ~np.isnan(column_values(table, f"cost_{s}_s"))
+    check("oracle_label offered", offered | ~np.isin(column_values(table, "source"), LABELLED_SOURCES))
     invalid_rows = np.zeros(n, dtype=bool)
     for bad in checks.values():
         invalid_rows |= bad
@@ -240,23 +241,23 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
     uniqueness = 1.0 - duplicates / n if n else 0.0
 
     # consistency: recompute the cost vector and the label from outcomes, link and node
-    size = _np(table, "f_payload_bytes")
+    size = column_values(table, "f_payload_bytes")
     recomputed = np.full((n, len(STRATEGIES)), np.inf)
     stored = np.full((n, len(STRATEGIES)), np.inf)
     for j, s in enumerate(STRATEGIES):
-        cost = _np(table, f"cost_{s}_s")
+        cost = column_values(table, f"cost_{s}_s")
         have = ~np.isnan(cost)
         stored[have, j] = cost[have]
         t = cost_model.transfer_time_array(
             size,
-            _np(table, f"o_{s}_bytes"),
-            _np(table, f"o_{s}_encode_s"),
-            _np(table, f"o_{s}_decode_s"),
-            _np(table, "f_capacity_bps"),
-            _np(table, "f_utilization"),
-            _np(table, "f_rtt_s"),
-            _np(table, "f_loss"),
-            _np(table, "f_free_cores"),
+            column_values(table, f"o_{s}_bytes"),
+            column_values(table, f"o_{s}_encode_s"),
+            column_values(table, f"o_{s}_decode_s"),
+            column_values(table, "f_capacity_bps"),
+            column_values(table, "f_utilization"),
+            column_values(table, "f_rtt_s"),
+            column_values(table, "f_loss"),
+            column_values(table, "f_free_cores"),
             s,
         )
         recomputed[have, j] = t[have]
@@ -272,8 +273,8 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
         idx = Oracle(cost_model).label_array(np.where(finite[:, None], stored, 1.0))
         labels[finite] = np.array(STRATEGIES, dtype=object)[idx[finite]]
         consistent &= finite & (labels == label)
-        consistent &= _np(table, "cost_params") == cost_model.params.fingerprint
-        consistent |= ~np.isin(_np(table, "source"), LABELLED_SOURCES)  # no label to recompute
+        consistent &= column_values(table, "cost_params") == cost_model.params.fingerprint
+        consistent |= ~np.isin(column_values(table, "source"), LABELLED_SOURCES)  # no label to recompute
     inconsistent = int(n - np.count_nonzero(consistent))
     consistency = 1.0 - inconsistent / n if n else 0.0
 
@@ -283,15 +284,15 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
     _, first_row, payload_of_row = np.unique(groups_id, return_index=True, return_inverse=True)
     p_size = size[first_row]
     decade = np.floor(np.log10(np.maximum(p_size, 1)))
-    type_idx = np.unique(_np(table, "f_payload_type")[first_row], return_inverse=True)[1]
-    tier = np.nan_to_num(_np(table, "o_hde_tier")[first_row], nan=0)
+    type_idx = np.unique(column_values(table, "f_payload_type")[first_row], return_inverse=True)[1]
+    tier = np.nan_to_num(column_values(table, "o_hde_tier")[first_row], nan=0)
     keys = np.stack([decade, type_idx, tier], axis=1)
     bad_payload = np.zeros(len(first_row), dtype=bool)
     for key in np.unique(keys, axis=0):
         in_group = (keys == key).all(axis=1)
         for s in STRATEGIES:
             for kind in ("encode", "decode"):
-                secs = _np(table, f"o_{s}_{kind}_s")[first_row]
+                secs = column_values(table, f"o_{s}_{kind}_s")[first_row]
                 with np.errstate(divide="ignore", invalid="ignore"):
                     speed = np.log(p_size / secs)
                 sel = in_group & np.isfinite(speed)
@@ -317,7 +318,7 @@ def assess(table: pa.Table, *, cost_model: CostModel | None = None, min_rows: in
     class_shares = _shares(label, STRATEGIES)
     link_shares = _shares(link_type, list(LINK_CLASSES))
     by_link = {k: _shares(label[link_type == k], STRATEGIES) for k in LINK_CLASSES}
-    ptype = _np(table, "f_payload_type")
+    ptype = column_values(table, "f_payload_type")
     type_shares = _shares(ptype, sorted({str(x) for x in ptype}))
     light = class_shares["none"] + class_shares["lz4"]
     balance = class_shares["hde"] / (class_shares["hde"] + light) if class_shares["hde"] + light > 0 else None

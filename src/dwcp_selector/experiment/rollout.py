@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..dataset.quality import column_values
 from ..errors import ConfigError
 from .assignment import UNITS
 
@@ -178,23 +179,16 @@ class LiveMetrics:
         return cls(_arm(table, "control"), _arm(table, "treatment"))
 
 
-def _col(table: pa.Table, name: str) -> np.ndarray:
-    col = table.column(name)
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
-    return np.asarray(pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
-
-
 def _log_speed(table: pa.Table, rows: np.ndarray, ok: np.ndarray) -> tuple[int, float | None, float | None]:
     from .analysis import raw_transfer_s
 
-    seconds = _col(table, "used_time_s")[rows][ok]
+    seconds = column_values(table, "used_time_s")[rows][ok]
     est = raw_transfer_s(
-        _col(table, "f_payload_bytes")[rows][ok],
-        _col(table, "f_capacity_bps")[rows][ok],
-        _col(table, "f_utilization")[rows][ok],
-        _col(table, "f_rtt_s")[rows][ok],
-        _col(table, "f_loss")[rows][ok],
+        column_values(table, "f_payload_bytes")[rows][ok],
+        column_values(table, "f_capacity_bps")[rows][ok],
+        column_values(table, "f_utilization")[rows][ok],
+        column_values(table, "f_rtt_s")[rows][ok],
+        column_values(table, "f_loss")[rows][ok],
     )
     if est is None or len(seconds) < 2:
         return len(seconds), None, None
@@ -205,13 +199,13 @@ def _log_speed(table: pa.Table, rows: np.ndarray, ok: np.ndarray) -> tuple[int, 
 def _arm(table: pa.Table, arm: str) -> ArmMetrics:
     if table.num_rows == 0:
         return ArmMetrics()
-    arms = _col(table, "arm")
-    source = _col(table, "source")
+    arms = column_values(table, "arm")
+    source = column_values(table, "source")
     rows = (arms == arm) & (source == "ab")
-    errors_col = _col(table, "used_error")[rows]
-    seconds = _col(table, "used_time_s")[rows]
-    size = _col(table, "f_payload_bytes")[rows]
-    decision = _col(table, "decision_s")[rows]
+    errors_col = column_values(table, "used_error")[rows]
+    seconds = column_values(table, "used_time_s")[rows]
+    size = column_values(table, "f_payload_bytes")[rows]
+    decision = column_values(table, "decision_s")[rows]
     failed = (errors_col != "") | np.isnan(seconds)
     ok = ~failed
     p99 = float(np.quantile(decision[~np.isnan(decision)], 0.99)) if np.any(~np.isnan(decision)) else None
@@ -219,13 +213,13 @@ def _arm(table: pa.Table, arm: str) -> ArmMetrics:
     near: float | None = None
     n_audits = int(np.count_nonzero(audits))
     if n_audits:
-        used = _col(table, "used_strategy")[audits]
-        best = _col(table, "oracle_cost_s")[audits]
+        used = column_values(table, "used_strategy")[audits]
+        best = column_values(table, "oracle_cost_s")[audits]
         cost = np.full(n_audits, np.nan)
         for s in np.unique(used):
             if s and f"cost_{s}_s" in table.column_names:
                 pick = used == s
-                cost[pick] = _col(table, f"cost_{s}_s")[audits][pick]
+                cost[pick] = column_values(table, f"cost_{s}_s")[audits][pick]
         good = cost <= best * (1.0 + NEAR_OPTIMAL_TOLERANCE)
         near = float(np.count_nonzero(good)) / n_audits
     speed_n, speed_mean, speed_var = _log_speed(table, rows, ok)

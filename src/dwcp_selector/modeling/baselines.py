@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from .._types import BytesLike
-from ..costmodel import CostModel, Oracle, StrategyMeasurement
+from ..costmodel import CostModel, Oracle
 from ..features import basic_features
 from ..link import LinkState, SystemState
 from ..measure import sampling_probe
@@ -88,11 +88,6 @@ def probe_decide(
     size = len(payload)
     sample_bytes, runs = sampling_probe(payload, baseline, codec)
     scale = max(size, 1) / max(sample_bytes, 1)
-    estimates = {
-        s: StrategyMeasurement(
-            max(1, round(r.compressed_bytes * scale)), r.encode_s * scale, r.decode_s * scale
-        )
-        for s, r in runs.items()
-    }
+    estimates = {s: r.measurement.scaled(scale) for s, r in runs.items()}
     choice = Oracle(cost_model).decide(cost_model.costs(size, estimates, link, system)).label
     return BaselineDecision(choice, time.perf_counter() - t0)

@@ -54,20 +54,20 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import xxhash
 
 from .._types import BytesLike
 from .._version import __version__
-from ..costmodel import CostModel, Oracle, StrategyMeasurement
+from ..costmodel import CostModel, Oracle
 from ..errors import ConfigError, StrategyError
 from ..experiment.arms import ExperimentArms
 from ..features import FEATURE_VERSION, BasicFeatures, RichFeatures, basic_features
 from ..hostprofile import HostProfile, load_or_calibrate
 from ..link import LINK_CLASSES, LinkState, SystemState
-from ..measure import default_repeats, measure_strategy
+from ..measure import default_repeats, measure_strategy, spread_offsets
 from ..modeling.baselines import heuristic_rule
 from ..modeling.decide import Decision
 from ..strategies import Baseline, PayloadCodec
@@ -117,7 +117,7 @@ class AuditStats:
     dropped_full: int = 0
     failed: int = 0
     last_error: str | None = None
-    recorded: int = field(default=0)
+    recorded: int = 0
 
 
 @dataclass(slots=True)
@@ -158,8 +158,7 @@ def spread_sample(
         cut = base is not None and len(base) > limit
         return bytes(view), (bytes(base[:limit]) if base is not None else None), cut
     piece = max(1, limit // pieces)
-    step = (n - piece) // (pieces - 1)
-    offsets = [i * step for i in range(pieces)]
+    offsets = spread_offsets(n, piece, pieces)
     sample = b"".join(bytes(view[o : o + piece]) for o in offsets)
     base_sample = b"".join(bytes(base[o : o + piece]) for o in offsets) if base is not None else None
     return sample, base_sample, True
@@ -355,9 +354,7 @@ class TransferManager:
             self._remember(resource_id, strategy, report, f"{version}:{report.transfer_id.hex[:12]}")
         if failure is not None:
             raise failure
-        if audited:
-            result = TransferResult(str(tid), strategy, decision, report, elapsed, error, shadow, True)
-        return result
+        return replace(result, audited=True) if audited else result
 
     def _send(
         self,
@@ -600,13 +597,7 @@ class TransferManager:
             for s in offered
         }
         scale = job.payload_bytes / max(n, 1)
-        good = {s: r.measurement for s, r in runs.items() if r.roundtrip}
-        scaled = {
-            s: StrategyMeasurement(
-                max(1, round(m.compressed_bytes * scale)), m.encode_s * scale, m.decode_s * scale
-            )
-            for s, m in good.items()
-        }
+        scaled = {s: r.measurement.scaled(scale) for s, r in runs.items() if r.roundtrip}
         costs = self.cost_model.costs(job.payload_bytes, scaled, job.link, job.system)
         decision = Oracle(self.cost_model).decide(costs)
         flags = measurement_flags(runs, repeats)
