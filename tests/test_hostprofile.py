@@ -153,3 +153,22 @@ def test_an_old_profile_is_measured_again_and_a_selector_refreshes_its_own(
     assert sel.host_profile is got and got.age_s() < 60 and sel.decider is not before
     assert sel.decider.host == host_vector(got.features())
     assert HostProfile.load(tmp_path / f"{host_key().key_id}.json") == got
+
+
+def test_a_long_measurement_stamps_a_profile_no_older_than_its_interval(
+    profile: HostProfile, tmp_path: Path
+) -> None:
+    from dwcp_selector.hostprofile import ProfileClock
+
+    d = profile.to_dict()
+    d["measured_at"] = "2026-01-01T00:00:00+00:00"
+    old = HostProfile.from_dict(d)
+    frozen = ProfileClock(old, None, directory=tmp_path)
+    assert frozen.current() is old and frozen.measured == 0  # no interval: the given profile throughout
+    clock = ProfileClock(old, 3_600, budget_s=2.0, directory=tmp_path)
+    now = clock.current()
+    assert now is not old and now.age_s() < 60 and clock.measured == 1
+    assert clock.current() is now and clock.measured == 1  # young enough: not measured again
+    assert HostProfile.load(tmp_path / f"{host_key().key_id}.json") == now
+    with pytest.raises(ConfigError):
+        ProfileClock(old, 0)

@@ -179,3 +179,39 @@ def test_empty_corpus_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="no readable file"):
         collect(f"sqlite:///{tmp_path}/x.db", 10, 1, corpus=tmp_path)
+
+
+def test_collect_stamps_each_record_with_a_profile_younger_than_its_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dwcp_selector.hostprofile import HostProfile, load_or_calibrate
+
+    monkeypatch.setenv("DWCP_PROFILE_DIR", str(tmp_path / "profiles"))
+    here = load_or_calibrate(budget_s=2.0)
+    assert here is not None
+    stale = HostProfile.from_dict({**here.to_dict(), "measured_at": "2026-01-01T00:00:00+00:00"})
+    mix = ScenarioMix(max_bytes=32 * 1024, draws_per_payload=2)
+    kept = collect(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        20,
+        3,
+        mix=mix,
+        start=START,
+        host_profile=stale,
+        profile_every_s=None,
+    )
+    assert kept.to_dict()["host_profiles"] == 1 and kept.host_profiles == {stale.profile_id}
+    fresh = collect(
+        f"sqlite:///{tmp_path / 'b.db'}",
+        20,
+        3,
+        mix=mix,
+        start=START,
+        host_profile=stale,
+        profile_every_s=3_600,
+    )
+    # the stale profile was measured again before the first session: no record carries it
+    assert len(fresh.host_profiles) == 1 and stale.profile_id not in fresh.host_profiles
+    with open_store(f"sqlite:///{tmp_path / 'b.db'}") as store:
+        ids = set(store.read_table(["host_profile_id"]).column("host_profile_id").to_pylist())
+    assert ids == fresh.host_profiles

@@ -47,12 +47,14 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_BUDGET_S",
+    "DEFAULT_PROFILE_EVERY_S",
     "HOST_FEATURE_NAMES",
     "HOST_FEATURE_STRATEGIES",
     "PROFILE_VERSION",
     "REFERENCE_RATES",
     "HostKey",
     "HostProfile",
+    "ProfileClock",
     "calibrate_host",
     "compare_to_training_hosts",
     "cpu_model",
@@ -64,6 +66,11 @@ __all__ = [
 
 PROFILE_VERSION = 1
 DEFAULT_BUDGET_S = 10.0
+#: A collection's records carry a profile at most this old: a long collection measures the host again as
+#: it goes, so each record's host inputs describe the host as it was when the record was measured.
+DEFAULT_PROFILE_EVERY_S = 300.0
+#: The budget of a re-measurement during a collection (at least 3 rounds, about 2 s on a 2-core EPYC).
+REFRESH_BUDGET_S = 4.0
 #: Strategies whose host rates are model inputs (``none`` is a copy: its cost is the stacks', not a codec's).
 HOST_FEATURE_STRATEGIES: tuple[str, ...] = ("lz4", "zstd", "hde")
 #: The profile's rates, in the order a model takes them (``host_vector``).
@@ -440,6 +447,43 @@ def load_or_calibrate(
     except OSError as exc:
         warnings.warn(f"host profile not cached ({path}): {exc}", RuntimeWarning, stacklevel=2)
     return profile
+
+
+class ProfileClock:
+    """The host profile a long-running measurement stamps on its records, measured again once it is
+    ``every_s`` old (never, with ``every_s`` None).
+
+    A cached profile is a few seconds' snapshot of a host whose speed drifts with its neighbours: on one
+    2-core EPYC, a profile cached a day earlier read lz4 and zstd 1.3-1.6x (pure Python 1.8x) slower
+    than the records collected beside it were measured (docs/decisions/0008, "Stale profiles"). The clock
+    is read between measurements, never during one, so a profile is still measured apart from the
+    transfers it prices.
+    """
+
+    def __init__(
+        self,
+        profile: HostProfile,
+        every_s: float | None = DEFAULT_PROFILE_EVERY_S,
+        *,
+        budget_s: float = REFRESH_BUDGET_S,
+        directory: Path | None = None,
+    ) -> None:
+        if every_s is not None and not every_s > 0:
+            raise ConfigError(f"profile refresh interval must be > 0 seconds, got {every_s}")
+        self._profile = profile
+        self.every_s = every_s
+        self.budget_s = budget_s
+        self.directory = directory
+        self.measured = 0
+
+    def current(self) -> HostProfile:
+        """The profile for the next measurement: the same one until it is ``every_s`` old."""
+        if self.every_s is not None and self._profile.age_s() >= self.every_s:
+            profile = load_or_calibrate(self.directory, force=True, budget_s=self.budget_s)
+            if profile is not None:  # pragma: no branch - force=True always measures
+                self._profile = profile
+                self.measured += 1
+        return self._profile
 
 
 #: A host whose rates differ from every training host's by more than this factor is outside what the

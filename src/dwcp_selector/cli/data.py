@@ -85,6 +85,14 @@ def _date(value: str | None) -> dt.datetime | None:
     help="Largest payload (bytes).",
 )
 @click.option("--start", help="First day of the staging clock (ISO date; default 14 days ago).")
+@click.option(
+    "--profile-every",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Measure this host's speed profile again once it is this many seconds old (0: never); every "
+    "record carries the profile current when it was measured.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def collect_cmd(
     store_url: str,
@@ -96,6 +104,7 @@ def collect_cmd(
     draws: int,
     max_size: int,
     start: str | None,
+    profile_every: float,
     as_json: bool,
 ) -> None:
     """Run every strategy for real on staging transfers and store one labelled record per draw."""
@@ -111,7 +120,8 @@ def collect_cmd(
         Corpus(corpus)
     # refuse a store that cannot be opened or reached before measuring this host (seconds, once per host)
     open_store(store_url).close()
-    profile = load_or_calibrate()
+    every = profile_every or None
+    profile = load_or_calibrate(max_age_s=every)
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -131,6 +141,7 @@ def collect_cmd(
             mix=mix,
             start=first_day,
             host_profile=profile,
+            profile_every_s=every,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     doc = report.to_dict()

@@ -29,7 +29,7 @@ import numpy as np
 from .._version import __version__
 from ..costmodel import CostModel, Oracle
 from ..features import FEATURE_VERSION, payload_features
-from ..hostprofile import HostProfile, load_or_calibrate
+from ..hostprofile import DEFAULT_PROFILE_EVERY_S, HostProfile, ProfileClock, load_or_calibrate
 from ..link import LinkState, SystemState
 from ..measure import StrategyRun, default_repeats, measure_strategy, sampling_probe
 from ..strategies import Baseline, PayloadCodec
@@ -63,10 +63,15 @@ class CollectionReport:
     seconds: float = 0.0
     mix: dict[str, Any] = field(default_factory=dict)
     host_profile: dict[str, Any] | None = None
+    #: Distinct host profiles the new records carry (more than one when the host was measured again).
+    host_profiles: set[str] = field(default_factory=set)
+    profile_every_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "host_profile": self.host_profile,
+            "host_profiles": len(self.host_profiles),
+            "profile_every_s": self.profile_every_s,
             "store": self.store,
             "seed": self.seed,
             "payloads": self.payloads,
@@ -212,9 +217,17 @@ HOST_COLUMNS: tuple[str, ...] = tuple(
 
 
 def _init_worker(
-    seed: int, corpus_dir: str | None, host: Mapping[str, Any] | None = None, system: bool = False
+    seed: int,
+    corpus_dir: str | None,
+    profile: Mapping[str, Any] | None = None,
+    system: bool = False,
+    profile_every_s: float | None = None,
 ) -> None:
-    _worker["host"] = dict(host) if host is not None else host_columns(None)
+    # Each worker keeps its own clock: a re-measurement runs in the process that measures the records
+    # it will stamp, between two sessions, under the same neighbours as they.
+    _worker["clock"] = (
+        ProfileClock(HostProfile.from_dict(profile), profile_every_s) if profile is not None else None
+    )
     _worker["system"] = SystemCorpus() if system else None  # collect(): only without a corpus
     _worker["pools"] = default_pools(seed)
     _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
@@ -229,6 +242,8 @@ def _measure_session(
 ) -> list[dict[str, Any]]:
     history: dict[str, float | None] = {}
     out: list[dict[str, Any]] = []
+    clock: ProfileClock | None = _worker["clock"]
+    host = host_columns(clock.current() if clock is not None else None)
     for i, t in enumerate(
         session_transfers(session, seed, _worker["pools"], _worker["corpus"], _worker.get("system"))
     ):
@@ -242,7 +257,7 @@ def _measure_session(
             cost_model=_worker["cost_model"],
             history=history,
             limit=samples - (first_payload + i) * mix.draws_per_payload,  # the last payload may be cut
-            host=_worker["host"],
+            host=host,
         )
     return out
 
@@ -259,18 +274,20 @@ def collect(
     on_progress: Callable[[int, int], None] | None = None,
     host_profile: HostProfile | None = None,
     system_corpus: bool = True,
+    profile_every_s: float | None = DEFAULT_PROFILE_EVERY_S,
 ) -> CollectionReport:
     """Collect ``samples`` labelled records into the store at ``store_url``; see the module docstring.
 
     ``start`` is the staging clock's first day (default: 14 days before today, at midnight UTC).
     ``on_progress(records_done, records_total)`` is called as sessions complete.
-    ``host_profile`` is the measuring host's (default: this host's cached profile, measured first if
-    there is none: about 5 s once per host); every record carries it. ``system_corpus`` draws
+    ``host_profile`` is the measuring host's first profile (default: this host's cached profile if it is
+    younger than ``profile_every_s``, else measured now: about 4 s); each worker measures the host again
+    between sessions once its profile is ``profile_every_s`` old (None: never), and every record carries
+    the profile current when it was measured. ``system_corpus`` draws
     ``mix.system_share`` of the sessions from this machine's real files when no ``corpus`` is given
     (``workload.system_corpus``).
     """
-    profile = host_profile if host_profile is not None else load_or_calibrate()
-    host = host_columns(profile)
+    profile = host_profile if host_profile is not None else load_or_calibrate(max_age_s=profile_every_s)
     mix = mix or ScenarioMix()
     if start is None:
         today = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=int(mix.span_days))
@@ -291,6 +308,7 @@ def collect(
         sessions=len(sessions),
         mix=mix.to_dict(),
         host_profile={**profile.to_dict(), "profile_id": profile.profile_id} if profile else None,
+        profile_every_s=profile_every_s,
     )
     t0 = time.perf_counter()
     store = open_store(store_url)
@@ -316,10 +334,20 @@ def collect(
         if on_progress is not None:
             on_progress(report.records, min(total, samples))
         for batch in _run_sessions(
-            [s for s, _ in todo], [f for _, f in todo], seed, mix, corpus_dir, workers, samples, host, system
+            [s for s, _ in todo],
+            [f for _, f in todo],
+            seed,
+            mix,
+            corpus_dir,
+            workers,
+            samples,
+            profile.to_dict() if profile is not None else None,
+            system,
+            profile_every_s,
         ):
             if not batch:
                 continue
+            report.host_profiles.update(str(r["host_profile_id"]) for r in batch if r["host_profile_id"])
             report.inserted += store.write_batch(batch)
             report.records += len(batch)
             report.payloads += len({r["payload_group_id"] for r in batch})
@@ -339,19 +367,23 @@ def _run_sessions(
     corpus_dir: str | None,
     workers: int,
     samples: int,
-    host: Mapping[str, Any],
+    profile: Mapping[str, Any] | None,
     system: bool = False,
+    profile_every_s: float | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     # Largest sessions first, so the pool does not end waiting on one big straggler.
     order = sorted(range(len(sessions)), key=lambda i: -sessions[i].size * sessions[i].versions)
     if workers <= 1:
-        _init_worker(seed, corpus_dir, host, system)
+        _init_worker(seed, corpus_dir, profile, system, profile_every_s)
         for i in order:
             yield _measure_session(sessions[i], firsts[i], seed, mix, samples)
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(seed, corpus_dir, dict(host), system)
+        workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(seed, corpus_dir, profile, system, profile_every_s),
     ) as pool:
         futures = [pool.submit(_measure_session, sessions[i], firsts[i], seed, mix, samples) for i in order]
         for fut in cf.as_completed(futures):

@@ -31,7 +31,7 @@ import numpy as np
 from .._version import __version__
 from ..costmodel import CostModel
 from ..errors import ConfigError
-from ..hostprofile import load_or_calibrate
+from ..hostprofile import DEFAULT_PROFILE_EVERY_S, load_or_calibrate
 from ..modeling.artifact import CLASSIFIER, CMIL, ModelArtifact, TierModel, save_artifact
 from ..modeling.decide import Decider
 from ..modeling.featurize import LIGHT, PAYLOAD_TYPES, RICH, FeatureSpec
@@ -519,7 +519,7 @@ def with_host_draws(splits: dict[str, Split], cm: CostModel, seed: int) -> dict[
 def timing_host() -> dict[str, Any] | None:
     """The profile of the host that timed the decisions (this one): a node scales the artifact's
     decision times by its own Python rate against this one's (``modeling.decide.host_times``)."""
-    profile = load_or_calibrate()
+    profile = load_or_calibrate(max_age_s=DEFAULT_PROFILE_EVERY_S)  # the host as it is now, not last week
     if profile is None:  # pragma: no cover - load_or_calibrate measures when nothing is cached
         return None
     return {"profile_id": profile.profile_id, "cpu": profile.key.cpu_model, "rates": profile.features()}
