@@ -172,3 +172,15 @@ def test_a_long_measurement_stamps_a_profile_no_older_than_its_interval(
     assert HostProfile.load(tmp_path / f"{host_key().key_id}.json") == now
     with pytest.raises(ConfigError):
         ProfileClock(old, 0)
+
+
+def test_a_selector_does_not_decide_with_a_profile_a_day_old(
+    profile: HostProfile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dwcp_selector.serving import Selector
+
+    old = HostProfile.from_dict({**profile.to_dict(), "measured_at": "2026-01-01T00:00:00+00:00"})
+    old.save(tmp_path / f"{host_key().key_id}.json")
+    monkeypatch.setenv("DWCP_PROFILE_DIR", str(tmp_path))
+    sel = Selector(Path(__file__).resolve().parent.parent / "models" / "selector")
+    assert sel.host_profile is not None and sel.host_profile != old and sel.host_profile.age_s() < 60

@@ -52,6 +52,7 @@ __all__ = [
     "HOST_FEATURE_STRATEGIES",
     "PROFILE_VERSION",
     "REFERENCE_RATES",
+    "SERVING_PROFILE_MAX_AGE_S",
     "HostKey",
     "HostProfile",
     "ProfileClock",
@@ -69,6 +70,8 @@ DEFAULT_BUDGET_S = 10.0
 #: A collection's records carry a profile at most this old: a long collection measures the host again as
 #: it goes, so each record's host inputs describe the host as it was when the record was measured.
 DEFAULT_PROFILE_EVERY_S = 300.0
+#: A node that loads a model measures itself again when its cached profile is older than this.
+SERVING_PROFILE_MAX_AGE_S = 86_400.0
 #: The budget of a re-measurement during a collection (at least 3 rounds, about 2 s on a 2-core EPYC).
 REFRESH_BUDGET_S = 4.0
 #: Strategies whose host rates are model inputs (``none`` is a copy: its cost is the stacks', not a codec's).

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from .._types import BytesLike
 from ..costmodel import CostModel
 from ..errors import DwcpError
-from ..hostprofile import HostProfile, compare_to_training_hosts, load_or_calibrate
+from ..hostprofile import SERVING_PROFILE_MAX_AGE_S, HostProfile, compare_to_training_hosts, load_or_calibrate
 from ..link import LinkState, SystemState
 from ..modeling.artifact import load_artifact
 from ..modeling.decide import Decider, Decision
@@ -60,15 +60,18 @@ class Selector:
         host_profile: HostProfile | Literal["auto"] | None = "auto",
         model_key: bytes | None = None,
     ) -> None:
-        """``host_profile="auto"`` takes this host's cached profile, or measures it (about 5 s, once per
-        host) when there is none; ``None`` skips it. ``host_report`` compares it with the model's
-        training hosts, and each warning goes to the log. ``model_key``: refuse a model not signed
-        with it (``Settings.model_key``, from ``DWCP_MODEL_KEY``)."""
+        """``host_profile="auto"`` takes this host's cached profile, or measures it (about 4 s) when there
+        is none or the cached one is older than ``SERVING_PROFILE_MAX_AGE_S`` (a day); ``None`` skips
+        it. ``host_report`` compares it with the model's training hosts, and each warning goes to the
+        log. ``model_key``: refuse a model not signed with it (``Settings.model_key``, from
+        ``DWCP_MODEL_KEY``)."""
         self.model_key = model_key
         self.model_dir = Path(model_dir)
         self._model = _load(model_dir, model_key)
         self.artifact, self.cost_model = self._model.artifact, CostModel(self._model.artifact.cost_params)
-        self._adopt(load_or_calibrate() if host_profile == "auto" else host_profile)
+        self._adopt(
+            load_or_calibrate(max_age_s=SERVING_PROFILE_MAX_AGE_S) if host_profile == "auto" else host_profile
+        )
         self.reloads = 0
         self.reload_errors = 0
         self.last_reload_error: str | None = None
