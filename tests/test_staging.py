@@ -215,3 +215,18 @@ def test_collect_stamps_each_record_with_a_profile_younger_than_its_interval(
     with open_store(f"sqlite:///{tmp_path / 'b.db'}") as store:
         ids = set(store.read_table(["host_profile_id"]).column("host_profile_id").to_pylist())
     assert ids == fresh.host_profiles
+
+
+def test_payloads_of_a_chunk_or_more_are_measured_in_interleaved_rounds() -> None:
+    from dwcp_selector.measure import default_repeats, measure_strategies, measure_strategy
+
+    codec = PayloadCodec()
+    payload = b"".join(b"record %08d: status=ok latency_ms=%d\n" % (i, i % 97) for i in range(60_000))
+    assert len(payload) > 1 << 20 and default_repeats(len(payload)) == 3
+    assert default_repeats(64 << 20) == 2 and default_repeats(512 << 10) == 5
+    runs = measure_strategies(codec, payload, ["none", "lz4", "zstd"])
+    assert set(runs) == {"none", "lz4", "zstd"}
+    assert all(r.roundtrip and r.repeats == 3 and r.encode_s > 0 for r in runs.values())
+    assert (
+        runs["zstd"].compressed_bytes == measure_strategy(codec, payload, "zstd", repeats=1).compressed_bytes
+    )

@@ -67,7 +67,7 @@ from ..experiment.arms import ExperimentArms
 from ..features import FEATURE_VERSION, BasicFeatures, RichFeatures, basic_features
 from ..hostprofile import HostProfile, load_or_calibrate
 from ..link import LINK_CLASSES, LinkState, SystemState
-from ..measure import default_repeats, measure_strategy, spread_offsets
+from ..measure import default_repeats, measure_strategies, spread_offsets
 from ..modeling.baselines import heuristic_rule
 from ..modeling.decide import Decision
 from ..strategies import Baseline, PayloadCodec
@@ -590,12 +590,9 @@ class TransferManager:
         n = len(job.sample)
         offered = self.codec.registry.offered(n, has_baseline=baseline is not None)
         repeats = default_repeats(n)
-        runs = {
-            s: measure_strategy(
-                self.codec, job.sample, s, baseline=baseline, payload_type=job.payload_type, repeats=repeats
-            )
-            for s in offered
-        }
+        runs = measure_strategies(
+            self.codec, job.sample, offered, baseline=baseline, payload_type=job.payload_type, repeats=repeats
+        )
         scale = job.payload_bytes / max(n, 1)
         scaled = {s: r.measurement.scaled(scale) for s, r in runs.items() if r.roundtrip}
         costs = self.cost_model.costs(job.payload_bytes, scaled, job.link, job.system)

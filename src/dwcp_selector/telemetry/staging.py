@@ -2,9 +2,9 @@
 
 Each payload of the plan (``workload.staging``) is measured once, by a worker process: its decision-time
 features, then every offered strategy encoded and decoded for real (``measure.default_repeats``: the
-least of 25 runs under 64 KiB, of 5 under 1 MiB, one run above). The measurement is then priced
-under ``draws_per_payload`` link/node draws (re-pricing costs nothing), and each draw becomes one
-record with the whole cost vector and the oracle's label. Records of one payload
+least of 25 runs under 64 KiB, of 5 under 1 MiB, of 3 interleaved rounds under 8 MiB, of 2 above).
+The measurement is then priced under ``draws_per_payload`` link/node draws (re-pricing costs nothing),
+and each draw becomes one record with the whole cost vector and the oracle's label. Records of one payload
 share its ``payload_group_id`` and its session's ``session_id``, so a split can keep them together.
 
 Everything but the timings is a function of the seed: the plan, the bytes, the draws and the record ids
@@ -31,7 +31,7 @@ from ..costmodel import CostModel, Oracle
 from ..features import FEATURE_VERSION, payload_features
 from ..hostprofile import DEFAULT_PROFILE_EVERY_S, HostProfile, ProfileClock, load_or_calibrate
 from ..link import LinkState, SystemState
-from ..measure import StrategyRun, default_repeats, measure_strategy, sampling_probe
+from ..measure import StrategyRun, default_repeats, measure_strategies, sampling_probe
 from ..strategies import Baseline, PayloadCodec
 from ..strategies.hde import HdePlan
 from ..workload.corpus import Corpus
@@ -119,7 +119,7 @@ def records_for_transfer(
     baseline = Baseline(t.session_id, t.baseline) if t.baseline is not None else None
     offered = codec.registry.offered(len(t.payload), has_baseline=baseline is not None)
     repeats = default_repeats(len(t.payload))
-    runs = {s: measure_strategy(codec, t.payload, s, baseline=baseline, repeats=repeats) for s in offered}
+    runs = measure_strategies(codec, t.payload, offered, baseline=baseline, repeats=repeats)
     good = {s: r.measurement for s, r in runs.items() if r.roundtrip}
     tier = None
     if baseline is not None:
