@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._types import BytesLike
 from .costmodel import CostModel, Oracle, OracleDecision, StrategyMeasurement
@@ -66,6 +66,10 @@ class StrategyRun:
     roundtrip: bool
     repeats: int
     error: str | None = None
+    #: Each piece's least CPU seconds over the runs (every chunk's coding, then the payload checksum):
+    #: what ``measure_strategies`` combines across rounds.
+    encode_pieces: tuple[float, ...] = field(default=(), repr=False)
+    decode_pieces: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def measurement(self) -> StrategyMeasurement:
@@ -90,7 +94,8 @@ def measure_strategies(
     payload_type: str | None = None,
     repeats: int | None = None,
 ) -> dict[str, StrategyRun]:
-    """Every strategy of ``strategies`` measured on ``payload``; the least CPU seconds of ``repeats`` runs.
+    """Every strategy of ``strategies`` measured on ``payload``: per chunk, the least CPU seconds of
+    ``repeats`` runs.
 
     Below a chunk each strategy's runs follow one another (:func:`measure_strategy`: a warm-up, then the
     runs); from a chunk on, the runs are rounds that take every strategy in turn, with no warm-up (first
@@ -114,13 +119,10 @@ def measure_strategies(
             if prev is None or not run.roundtrip:
                 best[s] = run
             else:
+                enc = _least([prev.encode_pieces, run.encode_pieces])
+                dec = _least([prev.decode_pieces, run.decode_pieces])
                 best[s] = StrategyRun(
-                    s,
-                    run.compressed_bytes,
-                    min(prev.encode_s, run.encode_s),
-                    min(prev.decode_s, run.decode_s),
-                    True,
-                    prev.repeats + 1,
+                    s, run.compressed_bytes, sum(enc), sum(dec), True, prev.repeats + 1, None, enc, dec
                 )
     return best
 
@@ -134,23 +136,27 @@ def measure_strategy(
     payload_type: str | None = None,
     repeats: int | None = None,
 ) -> StrategyRun:
-    """Encode and decode ``payload`` with ``strategy``, ``repeats`` times; least CPU seconds of each.
+    """Encode and decode ``payload`` with ``strategy``, ``repeats`` times; per piece (each chunk's coding,
+    the payload checksum) the least CPU seconds of the runs, summed.
 
-    Timing noise on a shared host is additive (preemption, cache misses, allocator): the least of several
-    runs is the stable estimate of what the codec costs (a median of 25 runs of a 1.5 KiB coding still
-    moved by 2× between calls here; the least moved by 3 %).
+    Timing noise on a shared host is additive (preemption, cache misses, allocator, a neighbour on the
+    core's sibling): the least of several runs is the stable estimate of what the codec costs (a median
+    of 25 runs of a 1.5 KiB coding still moved by 2× between calls here; the least moved by 3 %). The
+    host's slow phases last tens of milliseconds, shorter than a large payload's coding, so the least is
+    taken per 1 MiB chunk rather than per run: a chunk is fast in some run far more often than a whole
+    payload is.
 
     The decoded chunks are compared with the original one at a time (outside the timed region), so memory
     stays at the payload, its encoded form and one chunk.
     """
     view = as_view(payload)
     reps = repeats if repeats is not None else default_repeats(len(view))
-    enc_times: list[float] = []
-    dec_times: list[float] = []
+    enc_runs: list[list[float]] = []
+    dec_runs: list[list[float]] = []
     encoded: EncodedPayload | None = None
     size = 0
     try:
-        if reps > 1:
+        if reps > 1 and len(view) < DEFAULT_SMALL_PAYLOAD:
             # one untimed round trip: first-call costs (allocations, caches) are not the codec's
             for _chunk in codec.iter_decode(
                 codec.encode(view, strategy, baseline=baseline, payload_type=payload_type), baseline=baseline
@@ -158,13 +164,15 @@ def measure_strategy(
                 pass
         for _ in range(reps):
             encoded = None  # drop the previous encoding before making the next
-            t0 = time.thread_time()
-            encoded = codec.encode(view, strategy, baseline=baseline, payload_type=payload_type)
-            enc_times.append(time.thread_time() - t0)
+            pieces: list[float] = []
+            encoded = codec.encode(
+                view, strategy, baseline=baseline, payload_type=payload_type, chunk_times=pieces
+            )
+            enc_runs.append(pieces)
         assert encoded is not None
         size = encoded.encoded_bytes
         for rep in range(reps):
-            elapsed = 0.0
+            pieces = []
             pos = 0
             ok = True
             # Decoding the frames where they lie: no joined copy of the encoding is ever made.
@@ -172,26 +180,32 @@ def measure_strategy(
             while True:
                 t0 = time.thread_time()
                 chunk = next(chunks, None)
-                elapsed += time.thread_time() - t0
+                pieces.append(time.thread_time() - t0)  # the last: the payload checksum's check
                 if chunk is None:
                     break
                 if rep == 0 and chunk != view[pos : pos + len(chunk)]:
                     ok = False
                 pos += len(chunk)
-            dec_times.append(elapsed)
+            dec_runs.append(pieces)
             if rep == 0 and (not ok or pos != len(view)):
                 return StrategyRun(
                     strategy,
                     size,
-                    min(enc_times),
-                    elapsed,
+                    sum(_least(enc_runs)),
+                    sum(pieces),
                     False,
                     reps,
                     "decoded bytes differ from the original",
                 )
     except DwcpError as exc:
         return StrategyRun(strategy, size, 0.0, 0.0, False, reps, f"{type(exc).__name__}: {exc}")
-    return StrategyRun(strategy, size, min(enc_times), min(dec_times), True, reps)
+    enc, dec = _least(enc_runs), _least(dec_runs)
+    return StrategyRun(strategy, size, sum(enc), sum(dec), True, reps, encode_pieces=enc, decode_pieces=dec)
+
+
+def _least(runs: Sequence[Sequence[float]]) -> tuple[float, ...]:
+    """Each piece's least time over the runs (every run times the same pieces)."""
+    return tuple(min(col) for col in zip(*runs, strict=True))
 
 
 @dataclass(frozen=True)
