@@ -101,8 +101,8 @@ def compare(first: dict[str, np.ndarray], again: dict[str, np.ndarray]) -> dict[
     }
     links = np.asarray(first["f_link_type"], dtype=str)
     out["by_link"] = {str(lt): figures(links == lt) for lt in sorted(set(links.tolist()))}
-    # by size: payloads of a chunk or more are timed once (measure.default_repeats), smaller ones the
-    # least of 5 or 25 runs
+    # by size: payloads of a chunk or more keep each chunk's least of 2 or 3 interleaved rounds
+    # (measure.default_repeats), smaller ones the least of 5 or 25 runs
     size = np.asarray(first["f_payload_bytes"], dtype=np.float64)
     out["by_size"] = {
         label: figures((size >= lo) & (size < hi))

@@ -95,7 +95,7 @@ class QualityFlag(enum.IntFlag):
     NONE = 0
     ROUNDTRIP_FAILED = 1  # a strategy failed its round trip and was left out of the cost vector
     NEAR_TIE = 2  # the runner-up is within the oracle's 1 % tie band
-    SINGLE_TIMING = 4  # measured once (payload of 1 MiB or more), not the least of repeats
+    SINGLE_TIMING = 4  # measured once, not the least of repeats (payloads ≥ 1 MiB before 2026-12-03)
     COARSE_TIMING = 8  # some encode or decode took under 20 µs: close to the clock's resolution
     SAMPLED = 16  # an audit measured a bounded sample of the payload and scaled it to the whole
 
