@@ -8,6 +8,14 @@ factors per codec). The record's encode and decode seconds are multiplied by tho
 ``f_host_*`` rates divided by them, and its costs and oracle label recomputed with the cost model, as
 link draws are: re-pricing costs no measurement.
 
+The model is given the drawn host's rates as a node would measure them: each ``f_host_*`` rate also
+carries an error of its own (log2-normal, ``profile_sd``) that the costs do not. A profile is a few
+seconds' snapshot of a host whose speed moves with its neighbours (decision 0008: snapshots of one host
+within half an hour differ by up to 1.4× per codec and 1.9× in pure Python, and beside a competitor the
+profile moved ×0.5–0.7 where the records moved ×0.9), and a model trained on exact
+rates follows every such error into its choices; trained on measured-like ones, it follows a profile as
+far as profiles are worth following.
+
 What re-pricing cannot say (how far it is from measuring on the other host: cache sizes, small payloads
 whose time is mostly fixed overhead) is measured by ``bench/host_reprice.py``.
 """
@@ -21,12 +29,22 @@ from ..hostprofile import HOST_FEATURE_STRATEGIES, REFERENCE_RATES
 from ..modeling.policy import STRATEGIES
 from .data import Split
 
-__all__ = ["DEFAULT_RATE_SD", "DEFAULT_SPREAD", "FLEET_SEED_OFFSETS", "fleet_splits", "reprice_for_hosts"]
+__all__ = [
+    "DEFAULT_PROFILE_SD",
+    "DEFAULT_RATE_SD",
+    "DEFAULT_SPREAD",
+    "FLEET_SEED_OFFSETS",
+    "fleet_splits",
+    "reprice_for_hosts",
+]
 
 #: The node's global speed factor is drawn log2-uniform in ±this: 0.42× to 2.4× the measuring host.
 DEFAULT_SPREAD = 1.25
 #: Each codec's and direction's own factor around it, log2-normal with this standard deviation.
 DEFAULT_RATE_SD = 0.25
+#: The error of a measured profile rate, log2-normal with this standard deviation (given to the model,
+#: not applied to the costs).
+DEFAULT_PROFILE_SD = 0.4
 
 
 #: Evaluation splits re-priced for a fleet, and their seeds' offsets from the training seed (train and
@@ -64,10 +82,17 @@ def reprice_for_hosts(
     *,
     spread: float = DEFAULT_SPREAD,
     rate_sd: float = DEFAULT_RATE_SD,
+    profile_sd: float = DEFAULT_PROFILE_SD,
 ) -> Split:
-    """A copy of ``split`` with every record re-priced on a host of its own (deterministic in ``seed``)."""
+    """A copy of ``split`` with every record re-priced on a host of its own (deterministic in ``seed``),
+    and the host's rates as the node measures them (``profile_sd``)."""
     n = split.n
     rng = np.random.default_rng([seed, 0x4057])
+    err = np.random.default_rng([seed, 0x9F0E])  # its own stream: the host draws stay as they were
+
+    def measured(rate: np.ndarray) -> np.ndarray:
+        return rate * np.exp2(err.normal(0.0, profile_sd, n)) if profile_sd > 0 else rate
+
     g = rng.uniform(-spread, spread, n)
     cols = dict(split.cols)
     size = split.cols["f_payload_bytes"].astype(np.float64)
@@ -80,8 +105,8 @@ def reprice_for_hosts(
         if s in HOST_FEATURE_STRATEGIES:
             fe = np.exp2(g + rng.normal(0.0, rate_sd, n))
             fd = np.exp2(g + rng.normal(0.0, rate_sd, n))
-            cols[f"f_host_{s}_encode_bps"] = _rates(split, f"host_{s}_encode_bps") / fe
-            cols[f"f_host_{s}_decode_bps"] = _rates(split, f"host_{s}_decode_bps") / fd
+            cols[f"f_host_{s}_encode_bps"] = measured(_rates(split, f"host_{s}_encode_bps") / fe)
+            cols[f"f_host_{s}_decode_bps"] = measured(_rates(split, f"host_{s}_decode_bps") / fd)
         else:  # none: a copy, which follows the node's speed alone
             fe = fd = np.exp2(g)
         b = split.cols[f"o_{s}_bytes"].astype(np.float64)
@@ -95,7 +120,9 @@ def reprice_for_hosts(
         )
         costs[:, j] = np.where(ok, t, np.inf)
         cols[f"cost_{s}_s"] = np.where(ok, t, np.nan)
-    cols["f_host_python_ops_s"] = _rates(split, "host_python_ops_s") / np.exp2(g + rng.normal(0, rate_sd, n))
+    cols["f_host_python_ops_s"] = measured(
+        _rates(split, "host_python_ops_s") / np.exp2(g + rng.normal(0, rate_sd, n))
+    )
     labels = Oracle(cost_model).label_array(costs)
     best = costs[np.arange(n), labels]
     others = costs.copy()

@@ -41,7 +41,7 @@ from ..modeling.timing import measure_decision_times
 from .data import Split, load_dataset
 from .evaluation import evaluate_choices
 from .gbm import GbmConfig, fit_gbm, shap_importance
-from .hosts import DEFAULT_RATE_SD, DEFAULT_SPREAD, fleet_splits, reprice_for_hosts
+from .hosts import DEFAULT_PROFILE_SD, DEFAULT_RATE_SD, DEFAULT_SPREAD, fleet_splits, reprice_for_hosts
 from .mlp import MlpConfig, fit_mlp
 from .policy_eval import (
     evaluate_artifact,
@@ -455,7 +455,12 @@ def train(
         "training_hosts": training_hosts(native_train),
         "timing_host": timing_host(),
         "host_draws": (
-            {"seed": config.seed, "spread_log2": DEFAULT_SPREAD, "rate_sd_log2": DEFAULT_RATE_SD}
+            {
+                "seed": config.seed,
+                "spread_log2": DEFAULT_SPREAD,
+                "rate_sd_log2": DEFAULT_RATE_SD,
+                "profile_sd_log2": DEFAULT_PROFILE_SD,
+            }
             if config.host_draws
             else None
         ),
