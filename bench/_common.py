@@ -86,6 +86,20 @@ def rerender(name: str, out: Path, render: Callable[[dict[str, Any]], str]) -> N
     print(f"wrote {out}")
 
 
+#: The headline figures of an evaluation (``evaluate_artifact``) that the benches keep.
+HEADLINE = ("rows", "near_optimal_rate", "decisive_accuracy", "regret_mean", "regret_p95")
+
+
+def headline_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's headline figures, overall and for each link class that has rows."""
+    return {
+        **{k: report[k] for k in HEADLINE},
+        "by_link": {
+            k: {m: v.get(m) for m in HEADLINE} for k, v in report["by_link"].items() if v.get("rows")
+        },
+    }
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median wall seconds of ``repeats`` calls, and the last result (single-threaded: wall = one core)."""
     times = []

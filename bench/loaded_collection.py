@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import machine, write
+from _common import headline_figures, machine, write
 
 COMPETITORS = {
     "cpu": r"""
@@ -94,13 +94,7 @@ def _evaluate(model: Path, data: Path) -> dict[str, Any]:
     from dwcp_selector.training.data import load_dataset
     from dwcp_selector.training.policy_eval import evaluate_artifact
 
-    split = load_dataset(data)[0]["test"]
-    r = evaluate_artifact(load_artifact(model), split)
-    keep = ("near_optimal_rate", "decisive_accuracy", "regret_mean", "regret_p95")
-    return {
-        **{k: r[k] for k in keep},
-        "by_link": {k: {m: v[m] for m in keep if m in v} for k, v in r["by_link"].items()},
-    }
+    return headline_figures(evaluate_artifact(load_artifact(model), load_dataset(data)[0]["test"]))
 
 
 def main() -> None:

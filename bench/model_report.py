@@ -22,7 +22,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, label_provenance, machine, provenance_note, rerender, write
+from _common import (
+    HEADLINE,
+    RESULTS,
+    headline_figures,
+    label_provenance,
+    machine,
+    provenance_note,
+    rerender,
+    write,
+)
 from dwcp_selector.costmodel import CostModel
 from dwcp_selector.modeling.artifact import ModelArtifact, load_artifact
 from dwcp_selector.modeling.decide import Decider
@@ -53,9 +62,6 @@ def headline(name: str, r: dict[str, Any]) -> str:
     )
 
 
-_KEEP = ("rows", "near_optimal_rate", "decisive_accuracy", "regret_mean", "regret_p95")
-
-
 def _fresh(artifact: ModelArtifact, data: Path) -> dict[str, Any]:
     """The model on a collection made after its training: overall, by link, on the held-out source."""
     splits, _, manifest = load_dataset(data)
@@ -68,9 +74,8 @@ def _fresh(artifact: ModelArtifact, data: Path) -> dict[str, Any]:
         "created_at": manifest.get("created_at"),
         "host_cpu": sorted({str(h) for h in hosts}) if hosts is not None else [],
         "host_profiles": len({str(p) for p in profiles}) if profiles is not None else 0,
-        **{k: r[k] for k in _KEEP},
-        "by_link": {k: {m: v.get(m) for m in _KEEP} for k, v in r["by_link"].items() if v.get("rows")},
-        "executable": {m: r["by_type"].get("executable", {}).get(m) for m in _KEEP},
+        **headline_figures(r),
+        "executable": {m: r["by_type"].get("executable", {}).get(m) for m in HEADLINE},
     }
 
 

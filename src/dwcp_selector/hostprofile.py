@@ -13,8 +13,8 @@ a 2-core AMD EPYC, and each codec moves by its own factor), so every node measur
 
 Every rate is the best of several rounds that interleave the strategies, as a label keeps the least of
 its runs: drift during the measurement hits the strategies alike, and a host that flips between a fast
-and a slow mode within a second reads as its fast mode. The whole calibration stays under ``budget_s``
-(10 s by default; about 4 s here).
+and a slow mode from one millisecond to the next reads as its fast mode. The whole calibration stays
+under ``budget_s`` (10 s by default; about 4 s here).
 
 A profile is keyed by the host (:class:`HostKey`: CPU model, usable cores, Python, this library and the
 codec libraries' versions) and cached on disk (``$DWCP_PROFILE_DIR``, else the user cache directory):
@@ -389,7 +389,7 @@ def calibrate_host(
 
     def rate(xs: list[float], nbytes: float) -> float:
         # the best round, as labels keep the least of their runs: a host that flips between a fast and
-        # a slow mode within a second (decision 0008) reads as its fast mode whenever one round saw it
+        # a slow mode within milliseconds (decision 0008) reads as its fast mode whenever one round saw it
         return nbytes / max(min(xs), 1e-9)
 
     def rel_spread(xs: list[float]) -> float:

@@ -4,9 +4,9 @@ This is where labels come from: each strategy encodes the payload chunk by chunk
 the frames are decoded and compared with the original, and the encode and decode CPU seconds are taken
 from the thread's CPU clock. Every payload is measured more than once and the least time kept, so a
 scheduler hiccup does not flip a label; payloads of a chunk or more are measured in rounds that
-interleave the strategies (``measure_strategies``), so a host whose speed flips between two modes within
-a second (seen on a shared 2-core EPYC: lz4 600 against 900 MB/s, pure Python 11.5 against 20 M ops/s,
-from one half second to the next) slows each strategy's every run only if it stays slow for them all.
+interleave the strategies (``measure_strategies``) and keep each chunk's least time, so a host whose
+speed flips between two modes within milliseconds (seen on a shared 2-core EPYC: lz4 600 against 900
+MB/s, pure Python 11.5 against 20 M ops/s) slows a chunk's every run only if it stays slow for them all.
 The cost model then prices the measurements on a link and a node.
 """
 
@@ -142,7 +142,7 @@ def measure_strategy(
     Timing noise on a shared host is additive (preemption, cache misses, allocator, a neighbour on the
     core's sibling): the least of several runs is the stable estimate of what the codec costs (a median
     of 25 runs of a 1.5 KiB coding still moved by 2× between calls here; the least moved by 3 %). The
-    host's slow phases last tens of milliseconds, shorter than a large payload's coding, so the least is
+    host's slow phases last milliseconds, shorter than a large payload's coding, so the least is
     taken per 1 MiB chunk rather than per run: a chunk is fast in some run far more often than a whole
     payload is.
 

@@ -219,15 +219,13 @@ HOST_COLUMNS: tuple[str, ...] = tuple(
 def _init_worker(
     seed: int,
     corpus_dir: str | None,
-    profile: Mapping[str, Any] | None = None,
+    profile: HostProfile | None = None,
     system: bool = False,
     profile_every_s: float | None = None,
 ) -> None:
     # Each worker keeps its own clock: a re-measurement runs in the process that measures the records
     # it will stamp, between two sessions, under the same neighbours as they.
-    _worker["clock"] = (
-        ProfileClock(HostProfile.from_dict(profile), profile_every_s) if profile is not None else None
-    )
+    _worker["clock"] = ProfileClock(profile, profile_every_s) if profile is not None else None
     _worker["system"] = SystemCorpus() if system else None  # collect(): only without a corpus
     _worker["pools"] = default_pools(seed)
     _worker["corpus"] = Corpus(corpus_dir) if corpus_dir else None
@@ -341,7 +339,7 @@ def collect(
             corpus_dir,
             workers,
             samples,
-            profile.to_dict() if profile is not None else None,
+            profile,
             system,
             profile_every_s,
         ):
@@ -367,7 +365,7 @@ def _run_sessions(
     corpus_dir: str | None,
     workers: int,
     samples: int,
-    profile: Mapping[str, Any] | None,
+    profile: HostProfile | None,
     system: bool = False,
     profile_every_s: float | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
