@@ -500,6 +500,11 @@ def transfer_series(
                         "encode_s": sm["encode_s"],
                         "decode_s": sm["decode_s"],
                         "encode_amst_s": sm["amst_path_fresh_thread_s"],
+                        # what the codecs cost inside this very transfer (sender's encode wall seconds,
+                        # receiver's decode and verification): diagnostics of the host's noise, never a
+                        # prediction's input (that would price a transfer with its own outcome)
+                        "encode_in_transfer_s": r.get("encode_in_transfer_s"),
+                        "decode_in_transfer_s": r.get("decode_in_transfer_s"),
                         "decodes_in_order": in_order,
                         "effective_bps": model.effective_bps(link),
                         "predicted_s": model.costs(size, {strategy: meas}, link, system)[strategy],
@@ -534,6 +539,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sys.path.insert(0, str(work / "pkg"))  # the orchestrator prices with the same code the nodes run
         from dwcp_selector.costmodel import CostParams
         from dwcp_selector.link import LinkState
+
+        host = machine()  # while the snapshot it imports from is still on disk
 
         payloads = build_payloads(work / "payloads", args.max_mib * MiB, args.quick)
         rows: list[dict[str, Any]] = []
@@ -608,6 +615,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         params = CostParams()
         return {
+            "machine": host,
             "code": code,
             "cost_params": params.to_dict(),
             "cost_params_fingerprint": params.fingerprint,
@@ -748,6 +756,15 @@ def analyse(doc: dict[str, Any]) -> None:
     corr["fitted_overhead_s_for_comparison"] = fitted_overhead(one, corr)
     doc["corrections"] = corr
     doc["proposed_predict_kwargs"] = {**corrected_kwargs(corr), "burst_credit": True}
+    if all(r.get("encode_in_transfer_s") is not None for r in rows):
+        # how much of the error is the host's noise: the formula fed with what the codecs cost inside
+        # each transfer itself (a leak, so a diagnostic: no prediction can know these seconds)
+        inside = {
+            **build_kwargs(),
+            "encode_key": "encode_in_transfer_s",
+            "decode_key": "decode_in_transfer_s",
+        }
+        preds["diagnostic: in-transfer codec seconds"] = lambda r: tb.predict(r, burst_credit=True, **inside)
     doc["tables"] = {name: error_table(one, f) for name, f in preds.items()}
     doc["tables_4_streams"] = {name: error_table(four, preds[name]) for name in ("model", "proposed")}
     doc["variants"] = {
@@ -762,6 +779,8 @@ def analyse(doc: dict[str, Any]) -> None:
         "proposed+bottleneck": "proposed, pipeline fill/drain by the slowest stage instead of (E + D)/m",
         "proposed+bottleneck+AMST encode": "and e_s = the encoder's wall time on the AMST sender's path",
         "this build": "the cost model of the measured code with its own parameters, with the bucket",
+        "diagnostic: in-transfer codec seconds": "this build, fed with the codecs' seconds inside each "
+        "transfer itself: what is left is the formula's own error, the rest is the host's noise",
     }
     doc["signed"] = {name: signed_table(one, f) for name, f in preds.items()}
     doc["oracle"] = {
@@ -819,6 +838,9 @@ def report(doc: Mapping[str, Any]) -> None:
     print_table("proposed (1 stream):", doc["tables"]["proposed"])
     if "this build" in doc["tables"]:
         print_table("this build's cost model, the bucket accounted (1 stream):", doc["tables"]["this build"])
+    diag = "diagnostic: in-transfer codec seconds"
+    if diag in doc["tables"]:
+        print_table(f"{diag} (1 stream; a leak, not a prediction):", doc["tables"][diag])
     print("\n  all cases (1 stream), |error| median / p90, and median signed error per bandwidth:")
     for name, t in doc["tables"].items():
         a = t["all"]["all"]
@@ -940,7 +962,7 @@ def main() -> None:
     report(doc)
     command = " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     doc["paired_measurements"] = args.paired
-    path = write_result(args.out, {"machine": machine(), "command": command, **doc})
+    path = write_result(args.out, {"machine": doc["machine"], "command": command, **doc})
     print(f"\nwrote {path}")
 
 

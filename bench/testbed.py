@@ -467,6 +467,7 @@ def predict(
     rtt_outside: bool = False,
     burst_credit: bool = False,
     encode_key: str = "encode_s",
+    decode_key: str = "decode_s",
     chunk_size: int = 1 << 20,
 ) -> float:
     """``CostModel.transfer_time`` for a raw row, with candidate corrections (all off by default).
@@ -494,7 +495,8 @@ def predict(
     * ``burst_credit``: an idle tbf bucket lets its ``burst_bytes`` through at once: a property of this
       testbed, not of real links, used to tell its effect apart.
     * ``encode_key``: the row's field to take e_s from (``encode_amst_s``: the wall time of the encoder
-      on the AMST sender's path, a fresh stream thread, instead of ``measure_strategy``'s).
+      on the AMST sender's path, a fresh stream thread, instead of ``measure_strategy``'s); ``decode_key``
+      likewise for d_s.
 
     A row whose strategy decodes its chunks in order (``decodes_in_order``, cost-v2) decodes on one core.
     """
@@ -509,7 +511,7 @@ def predict(
         enc += 8.0 * compressed / stack_bps
     enc /= k
     free = float(row.get("free_cores", 1.0))
-    dec = float(row["decode_s"])
+    dec = float(row[decode_key])
     if math.isfinite(recv_stack_bps):
         dec += 8.0 * compressed / recv_stack_bps
     dec /= min(free, 1.0) if row.get("decodes_in_order") else k
@@ -744,6 +746,9 @@ def _worker_main(role: str) -> int:
                         "transfer_id": str(rep.transfer_id),
                         "elapsed_s": rep.elapsed_s,
                         "wire_bytes": rep.wire_bytes,
+                        # the codecs' seconds inside this transfer (diagnostics: they price nothing)
+                        "encode_in_transfer_s": rep.encode_s,
+                        "decode_in_transfer_s": rep.decode_s,
                         "streams": rep.streams,
                         "chunks": rep.chunks,
                         "t_call": t_start,

@@ -40,6 +40,17 @@ def test_calibration_measures_every_strategy_within_its_budget(profile: HostProf
     }
 
 
+def test_the_python_workload_in_pieces_does_the_work_of_one_run() -> None:
+    from dwcp_selector.hostprofile import _PY_OPS, _PY_PIECES, _PythonWorkload
+
+    whole = _PythonWorkload().run(0, _PY_OPS)
+    work = _PythonWorkload()
+    step = _PY_OPS // _PY_PIECES
+    pieces = [work.run(j * step, (j + 1) * step) for j in range(_PY_PIECES)]
+    assert pieces[-1] == whole and step * _PY_PIECES == _PY_OPS
+    assert len(set(pieces)) > 1  # each piece carries on from the last, none starts afresh
+
+
 def test_time_factors_compare_two_hosts(profile: HostProfile) -> None:
     assert all(f == pytest.approx(1.0) for f in profile.time_factors(profile).values())
     d = profile.to_dict()
@@ -184,3 +195,58 @@ def test_a_selector_does_not_decide_with_a_profile_a_day_old(
     monkeypatch.setenv("DWCP_PROFILE_DIR", str(tmp_path))
     sel = Selector(Path(__file__).resolve().parent.parent / "models" / "selector")
     assert sel.host_profile is not None and sel.host_profile != old and sel.host_profile.age_s() < 60
+
+
+def _scaled(profile: HostProfile, factor: float, measured_at: str | None = None) -> HostProfile:
+    d = profile.to_dict()
+    d["encode_bps"] = {k: v * factor for k, v in d["encode_bps"].items()}
+    d["decode_bps"] = {k: v * factor for k, v in d["decode_bps"].items()}
+    d["python_ops_s"] *= factor
+    if measured_at is not None:
+        d["measured_at"] = measured_at
+    return HostProfile.from_dict(d)
+
+
+def test_a_long_run_profile_keeps_each_rates_fastest_snapshot(profile: HostProfile) -> None:
+    slow = _scaled(profile, 0.5, "2026-12-01T00:00:00+00:00")
+    d = profile.to_dict()
+    d["encode_bps"] = {**d["encode_bps"], "zstd": d["encode_bps"]["zstd"] / 4}  # one rate slower here
+    mixed = HostProfile.from_dict(d)
+    got = HostProfile.combine([slow, mixed])
+    assert got.snapshots == 2 and got.measured_at == mixed.measured_at  # dated by the newest
+    assert got.encode_bps["zstd"] == pytest.approx(max(slow.encode_bps["zstd"], mixed.encode_bps["zstd"]))
+    assert got.encode_bps["lz4"] == mixed.encode_bps["lz4"] and got.python_ops_s == mixed.python_ops_s
+    assert got.rounds == slow.rounds + mixed.rounds
+    assert HostProfile.from_dict(got.to_dict()) == got and got.profile_id != mixed.profile_id
+    assert HostProfile.combine([profile]) is profile and "snapshots" not in profile.to_dict()
+    with pytest.raises(ConfigError, match="at least one"):
+        HostProfile.combine([])
+    other = HostProfile.from_dict({**profile.to_dict(), "key": {**profile.to_dict()["key"], "cores": 99}})
+    with pytest.raises(ConfigError, match="different hosts"):
+        HostProfile.combine([profile, other])
+    with pytest.raises(ConfigError, match="at least one calibration"):
+        HostProfile.from_dict({**profile.to_dict(), "snapshots": 0})
+
+
+def test_every_measurement_joins_the_hosts_history_of_the_last_day(
+    profile: HostProfile, tmp_path: Path
+) -> None:
+    from dwcp_selector.hostprofile import HISTORY_SNAPSHOTS, history_path, read_history
+
+    hist = history_path(tmp_path)
+    fast = _scaled(profile, 4.0, "2026-01-01T00:00:00+00:00")  # too old to count
+    recent = [_scaled(profile, 0.25) for _ in range(HISTORY_SNAPSHOTS)]
+    lines = [json.dumps(p.to_dict()) for p in [fast, *recent]]
+    hist.write_text("\n".join([*lines[:3], "{damaged", *lines[3:]]) + "\n")
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        got = load_or_calibrate(tmp_path, force=True, budget_s=2.0)
+    assert got is not None and got.snapshots == HISTORY_SNAPSHOTS  # bounded: the oldest recent one left
+    kept = read_history(hist)
+    assert len(kept) == HISTORY_SNAPSHOTS and all(p.snapshots == 1 for p in kept)
+    newest = kept[-1]
+    assert newest.age_s() < 60 and got.measured_at == newest.measured_at
+    # the old fast snapshot does not count; the long-run rates are each the fastest of the kept ones
+    assert got == HostProfile.combine(kept) and got.python_ops_s < fast.python_ops_s
+    assert all(got.encode_bps[s] >= newest.encode_bps[s] for s in HOST_FEATURE_STRATEGIES)
+    assert HostProfile.load(tmp_path / f"{host_key().key_id}.json") == got
+    assert read_history(tmp_path / "missing.jsonl") == []

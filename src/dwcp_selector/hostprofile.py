@@ -11,14 +11,18 @@ a 2-core AMD EPYC, and each codec moves by its own factor), so every node measur
 * the rate of a fixed pure-Python workload (the decision path and HDE's planning are Python);
 * optionally the decision path itself (a loaded model's light decision, median of many calls).
 
-Every rate is the best of several rounds that interleave the strategies, as a label keeps the least of
-its runs: drift during the measurement hits the strategies alike, and a host that flips between a fast
-and a slow mode from one millisecond to the next reads as its fast mode. The whole calibration stays
+The rounds interleave the strategies, so drift during the measurement hits them alike. Every rate sums,
+over its pieces (each 1 MiB reference payload, each half-millisecond piece of the Python workload), the
+piece's best round, as a label keeps each chunk's least run: a host that flips between a fast and a slow
+mode from one millisecond to the next reads as its fast mode. The whole calibration stays
 under ``budget_s`` (10 s by default; about 4 s here).
 
 A profile is keyed by the host (:class:`HostKey`: CPU model, usable cores, Python, this library and the
 codec libraries' versions) and cached on disk (``$DWCP_PROFILE_DIR``, else the user cache directory):
-:func:`load_or_calibrate` measures only when no profile of this key is cached. Telemetry records carry
+:func:`load_or_calibrate` measures only when no profile of this key is cached (or it is too old). A
+snapshot of a few seconds can fall into a slow phase of the host that lasts seconds, so every
+measurement joins the host's history of the last day, and the profile a node uses is the history's
+long-run profile, each rate's fastest reading (:meth:`HostProfile.combine`). Telemetry records carry
 the profile's id and rates (the ``host_*`` columns), so one store can hold a fleet's records; a model's
 manifest carries the profiles of the hosts its training records came from.
 
@@ -29,6 +33,7 @@ that are never a transfer's.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -38,7 +43,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,8 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_BUDGET_S",
     "DEFAULT_PROFILE_EVERY_S",
+    "HISTORY_MAX_AGE_S",
+    "HISTORY_SNAPSHOTS",
     "HOST_FEATURE_NAMES",
     "HOST_FEATURE_STRATEGIES",
     "PROFILE_VERSION",
@@ -62,9 +69,11 @@ __all__ = [
     "compare_to_training_hosts",
     "cpu_model",
     "host_key",
+    "history_path",
     "host_vector",
     "load_or_calibrate",
     "profile_dir",
+    "read_history",
 ]
 
 PROFILE_VERSION = 1
@@ -74,6 +83,9 @@ DEFAULT_BUDGET_S = 10.0
 DEFAULT_PROFILE_EVERY_S = 300.0
 #: A node that loads a model measures itself again when its cached profile is older than this.
 SERVING_PROFILE_MAX_AGE_S = 86_400.0
+#: A node's profile combines its calibrations of the last day, at most this many (``HostProfile.combine``).
+HISTORY_SNAPSHOTS = 12
+HISTORY_MAX_AGE_S = SERVING_PROFILE_MAX_AGE_S
 #: The budget of a re-measurement during a collection (at least 3 rounds, about 3 s on a 2-core EPYC).
 REFRESH_BUDGET_S = 6.0
 #: Strategies whose host rates are model inputs (``none`` is a copy: its cost is the stacks', not a codec's).
@@ -172,6 +184,8 @@ class HostProfile:
     decision_s: float | None = None
     spread: Mapping[str, float] = field(default_factory=dict)
     version: int = PROFILE_VERSION
+    #: How many calibrations this profile combines (:meth:`combine`); 1 for one calibration.
+    snapshots: int = 1
 
     def __post_init__(self) -> None:
         rates = [*self.encode_bps.values(), *self.decode_bps.values(), self.python_ops_s]
@@ -180,6 +194,39 @@ class HostProfile:
         missing = set(HOST_FEATURE_STRATEGIES).difference(self.encode_bps)
         if missing or set(HOST_FEATURE_STRATEGIES).difference(self.decode_bps):
             raise ConfigError(f"host profile lacks the rates of {sorted(missing) or 'decoding'}")
+        if self.snapshots < 1:
+            raise ConfigError(f"a host profile combines at least one calibration, not {self.snapshots}")
+
+    @classmethod
+    def combine(cls, snapshots: Sequence[HostProfile]) -> HostProfile:
+        """One host's long-run profile from several calibrations: per rate the fastest reading.
+
+        A calibration takes a few seconds, and a host that runs in a slow mode for seconds at a time
+        reads 1.3-2x slower in a snapshot that fell into one (decision 0008, "Profiles from many
+        snapshots"); the fastest reading of a dozen snapshots moved by a few percent. Labels keep each
+        chunk's least time, so the fast mode is also the host their costs describe. The result is dated
+        by the newest snapshot and counts them all in ``snapshots``.
+        """
+        if not snapshots:
+            raise ConfigError("combining host profiles needs at least one")
+        keys = {p.key for p in snapshots}
+        if len(keys) != 1:
+            raise ConfigError(f"host profiles of {len(keys)} different hosts cannot be combined")
+        if len(snapshots) == 1:
+            return snapshots[0]
+        newest = min(snapshots, key=lambda p: p.age_s())
+        enc = set.intersection(*(set(p.encode_bps) for p in snapshots))
+        dec = set.intersection(*(set(p.decode_bps) for p in snapshots))
+        timed = [p.decision_s for p in snapshots if p.decision_s is not None]
+        return replace(
+            newest,
+            encode_bps={s: max(p.encode_bps[s] for p in snapshots) for s in sorted(enc)},
+            decode_bps={s: max(p.decode_bps[s] for p in snapshots) for s in sorted(dec)},
+            python_ops_s=max(p.python_ops_s for p in snapshots),
+            rounds=sum(p.rounds for p in snapshots),
+            decision_s=min(timed) if timed else None,
+            snapshots=sum(p.snapshots for p in snapshots),
+        )
 
     @property
     def profile_id(self) -> str:
@@ -219,6 +266,8 @@ class HostProfile:
         d["encode_bps"] = dict(self.encode_bps)
         d["decode_bps"] = dict(self.decode_bps)
         d["spread"] = dict(self.spread)
+        if self.snapshots == 1:  # profiles of one calibration keep the ids they had before combining
+            del d["snapshots"]
         return d
 
     @classmethod
@@ -239,6 +288,7 @@ class HostProfile:
                 rounds=int(d["rounds"]),
                 decision_s=None if d.get("decision_s") is None else float(d["decision_s"]),
                 spread={str(k): float(v) for k, v in dict(d.get("spread") or {}).items()},
+                snapshots=int(d.get("snapshots", 1)),
             )
         except ConfigError:
             raise
@@ -301,19 +351,33 @@ def _references() -> list[_Reference]:
     ]
 
 
-def _python_workload() -> int:
-    """A fixed pure-Python workload (dict, arithmetic, bytes slicing), the kind the decision path does."""
-    acc = 0
-    table: dict[int, int] = {}
-    data = bytes(range(256)) * 16
-    for i in range(20_000):
-        k = (i * 2654435761) & 0xFFFF
-        table[k] = table.get(k, 0) + data[i & 4095]
-        acc ^= k + len(data[i & 255 : (i & 255) + 32])
-    return acc + len(table)
+class _PythonWorkload:
+    """A fixed pure-Python workload (dict, arithmetic, bytes slicing), the kind the decision path does.
+
+    It runs in pieces (:meth:`run`) that carry its state from one to the next, so the pieces together
+    do exactly the work of one run of all of it, and each piece can be timed on its own.
+    """
+
+    __slots__ = ("acc", "data", "table")
+
+    def __init__(self) -> None:
+        self.acc = 0
+        self.table: dict[int, int] = {}
+        self.data = bytes(range(256)) * 16
+
+    def run(self, start: int, stop: int) -> int:
+        acc, table, data = self.acc, self.table, self.data
+        for i in range(start, stop):
+            k = (i * 2654435761) & 0xFFFF
+            table[k] = table.get(k, 0) + data[i & 4095]
+            acc ^= k + len(data[i & 255 : (i & 255) + 32])
+        self.acc = acc
+        return acc + len(table)
 
 
 _PY_OPS = 20_000
+#: The Python workload is timed in this many pieces of about half a millisecond each (decision 0008).
+_PY_PIECES = 10
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -328,8 +392,13 @@ def calibrate_host(
     strategies: Sequence[str] = HOST_FEATURE_STRATEGIES,
     decision: Callable[[], object] | None = None,
     decision_calls: int = 2000,
+    record: dict[str, list[list[float]]] | None = None,
 ) -> HostProfile:
-    """Measure this host: every strategy on the reference payloads, in interleaved rounds, the best round.
+    """Measure this host: every strategy on the reference payloads, in interleaved rounds; per piece
+    (reference payload, piece of the Python workload) the best round.
+
+    ``record``, when given, receives the raw CPU seconds (``"lz4_encode"``, ..., ``"python"``: one list
+    per piece, one time per round), for benchmarks that compare ways of reading them.
 
     ``decision``, when given, is one decision of a loaded model (timed ``decision_calls`` times, median).
     Rounds continue until half the budget is spent (at least 3, at most 9); the decision timing gets
@@ -348,15 +417,15 @@ def calibrate_host(
         r.name: Baseline(f"host-profile-{r.name}", r.baseline) if r.baseline is not None else None
         for r in refs
     }
-    total = sum(len(r.payload) for r in refs)
-    enc: dict[str, list[float]] = {s: [] for s in strategies}
-    dec: dict[str, list[float]] = {s: [] for s in strategies}
-    py: list[float] = []
+    # per strategy and reference payload (per piece of the Python workload), one time a round
+    enc: dict[str, list[list[float]]] = {s: [[] for _ in refs] for s in strategies}
+    dec: dict[str, list[list[float]]] = {s: [[] for _ in refs] for s in strategies}
+    py: list[list[float]] = [[] for _ in range(_PY_PIECES)]
+    step = _PY_OPS // _PY_PIECES
     rounds = 0
     while rounds < _MAX_ROUNDS:
         for s in strategies:
-            e = d = 0.0
-            for r in refs:
+            for j, r in enumerate(refs):
                 run = measure_strategy(
                     codec,
                     r.payload,
@@ -366,11 +435,11 @@ def calibrate_host(
                 )
                 if not run.roundtrip:  # pragma: no cover - the conformance suite holds every codec
                     raise ConfigError(f"calibration: {s} failed on {r.name}: {run.error}")
-                e += run.encode_s
-                d += run.decode_s
-            enc[s].append(e)
-            dec[s].append(d)
-        py.append(_time(_python_workload))
+                enc[s][j].append(run.encode_s)
+                dec[s][j].append(run.decode_s)
+        work = _PythonWorkload()
+        for j in range(_PY_PIECES):
+            py[j].append(_time(functools.partial(work.run, j * step, (j + 1) * step)))
         rounds += 1
         if rounds >= _MIN_ROUNDS and time.perf_counter() - t_start > budget_s / 2:
             break
@@ -387,18 +456,26 @@ def calibrate_host(
                 break
         decision_s = statistics.median(times)
 
-    def rate(xs: list[float], nbytes: float) -> float:
-        # the best round, as labels keep the least of their runs: a host that flips between a fast and
-        # a slow mode within milliseconds (decision 0008) reads as its fast mode whenever one round saw it
-        return nbytes / max(min(xs), 1e-9)
+    def rate(pieces: list[list[float]], amount: float) -> float:
+        # each piece's best round, summed, as labels keep each chunk's least run: a host that flips
+        # between a fast and a slow mode within milliseconds (decision 0008) reads as its fast mode
+        # wherever one round saw it, piece by piece rather than only when a whole round did
+        return amount / max(sum(min(xs) for xs in pieces), 1e-9)
 
-    def rel_spread(xs: list[float]) -> float:
-        m = statistics.median(xs)
-        return (max(xs) - min(xs)) / m if m > 0 else 0.0
+    def rel_spread(pieces: list[list[float]]) -> float:
+        # how much whole rounds differed: (max − min) / median of the rounds' totals
+        totals = [sum(xs) for xs in zip(*pieces, strict=True)]
+        m = statistics.median(totals)
+        return (max(totals) - min(totals)) / m if m > 0 else 0.0
 
+    total = sum(len(r.payload) for r in refs)
     spread = {f"{s}_encode": rel_spread(enc[s]) for s in strategies}
     spread.update({f"{s}_decode": rel_spread(dec[s]) for s in strategies})
     spread["python"] = rel_spread(py)
+    if record is not None:
+        record.update({f"{s}_encode": enc[s] for s in strategies})
+        record.update({f"{s}_decode": dec[s] for s in strategies})
+        record["python"] = py
     return HostProfile(
         key=host_key(),
         measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -422,6 +499,50 @@ def profile_dir() -> Path:
     return Path(cache) / "dwcp-selector" / "host-profiles"
 
 
+def history_path(directory: Path | None = None) -> Path:
+    """Where this host's calibrations of the last day are kept (one JSON profile a line)."""
+    return (directory or profile_dir()) / f"{host_key().key_id}.history.jsonl"
+
+
+def read_history(path: Path, key: HostKey | None = None) -> list[HostProfile]:
+    """The calibrations of ``key`` (this host's by default) in a history file, oldest first, those of the
+    last ``HISTORY_MAX_AGE_S`` only; a missing file is an empty history, a damaged line is skipped with
+    a warning."""
+    key = key or host_key()
+    try:
+        lines = path.read_text().splitlines()
+    except (FileNotFoundError, NotADirectoryError):  # no history yet (or no cache directory)
+        return []
+    except OSError as exc:
+        warnings.warn(f"host profile history {path} ignored: {exc}", RuntimeWarning, stacklevel=2)
+        return []
+    out: list[HostProfile] = []
+    bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise ConfigError("not a JSON object")
+            profile = HostProfile.from_dict(doc)
+        except (json.JSONDecodeError, ConfigError):
+            bad += 1
+            continue
+        if profile.key == key and profile.snapshots == 1 and profile.age_s() <= HISTORY_MAX_AGE_S:
+            out.append(profile)
+    if bad:
+        warnings.warn(f"{bad} damaged line(s) of {path} skipped", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def _write_history(path: Path, snapshots: Sequence[HostProfile]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(p.to_dict(), sort_keys=True) + "\n" for p in snapshots))
+    os.replace(tmp, path)  # atomic; two writers at once may lose one snapshot, never the file
+
+
 def load_or_calibrate(
     directory: Path | None = None,
     *,
@@ -432,6 +553,10 @@ def load_or_calibrate(
 ) -> HostProfile | None:
     """This host's cached profile, measured and cached first when there is none (or ``force``, or the
     cached one is older than ``max_age_s``: a host whose speed drifts is measured again).
+
+    A measurement is one snapshot: it joins the host's history (its calibrations of the last day, at
+    most ``HISTORY_SNAPSHOTS``), and the profile returned and cached is the history's long-run profile
+    (:meth:`HostProfile.combine`), not the snapshot alone.
 
     With ``measure=False`` a missing profile gives None. A damaged cache file is measured again (with a
     warning), and a cache directory that cannot be written keeps the profile in memory only: a node
@@ -448,8 +573,12 @@ def load_or_calibrate(
             warnings.warn(f"host profile {path} ignored: {exc}", RuntimeWarning, stacklevel=2)
     if not measure:
         return None
-    profile = calibrate_host(budget_s=budget_s)
+    snapshot = calibrate_host(budget_s=budget_s)
+    hist = path.with_name(f"{key.key_id}.history.jsonl")
+    snapshots = [*read_history(hist, key), snapshot][-HISTORY_SNAPSHOTS:]
+    profile = HostProfile.combine(snapshots)
     try:
+        _write_history(hist, snapshots)
         profile.save(path)
     except OSError as exc:
         warnings.warn(f"host profile not cached ({path}): {exc}", RuntimeWarning, stacklevel=2)

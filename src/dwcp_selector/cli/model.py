@@ -222,9 +222,10 @@ def calibrate_cmd(
 
     def human() -> None:
         p = profile
+        combined = f", the fastest of {p.snapshots} calibrations of the last day" if p.snapshots > 1 else ""
         stdout.print(
-            f"host {p.key.cpu_model}, {p.key.cores} cores ({p.profile_id}; {p.rounds} rounds in "
-            f"{p.calibration_s:.1f} s, measured {p.measured_at})"
+            f"host {p.key.cpu_model}, {p.key.cores} cores ({p.profile_id}; the last calibration took "
+            f"{p.calibration_s:.1f} s, measured {p.measured_at}{combined})"
         )
         for s in p.encode_bps:
             stdout.print(
