@@ -65,8 +65,10 @@ def render(doc: dict[str, Any]) -> str:
         )
         + f"and priced under {c['mix']['draws_per_payload']} link/node draws."
         + (
-            f" The host profile was measured {c['host_profiles']} times "
-            f"(again once {c['profile_every_s']:g} s old)."
+            f" The records carry {c['host_profiles']} host profiles: the host was measured again once "
+            f"its profile was {c['profile_every_s']:g} s old, and each measurement joined the host's "
+            "history, whose long-run profile (each rate's fastest of the day's calibrations, at most 12) "
+            "the records carry (decision 0008)."
             if c.get("host_profiles")
             else ""
         ),
