@@ -11,17 +11,21 @@ collector pinned to one core (``taskset``):
    ``memory`` copies a 48 MiB buffer (what a neighbour streaming through memory does).
 
 Each run measures its own host profile at its start (a private profile directory), under the same
-conditions as its records. The bench reports by how much the host moved: records per second (wall
+conditions as its records. With ``--history K`` the two runs share one profile directory instead, as one
+node does over time: K calibrations on the quiet core start its history, one more is taken once the
+competitor runs, and each run's records carry the history's long-run profile (decision 0008).
+
+The bench reports by how much the host moved: records per second (wall
 time), the profile's rates, and, paired on the same records, the CPU-time rates the labels price
 (median of loaded / quiet per strategy and direction over payloads ≥ 64 KiB), and how often the two
 collections' labels agree. With ``--model`` it evaluates that model on both collections; with ``--out``
 both are exported (all records as the test split) for ``dwcp-selector evaluate``.
 
     python bench/loaded_collection.py --samples 4000 --seed 5151 --start 2026-11-26 --competitor cpu \\
-        --model models/selector --out data/loaded
+        --model models/selector --out data/loaded [--history 3]
 
-Prints a table and writes ``bench/results/loaded_collection_<competitor>.json``. Needs ``taskset`` and
-two cores (the second core stays free for the machine's other work).
+Prints a table and writes ``bench/results/loaded_collection_<competitor>[_history].json``. Needs
+``taskset`` and two cores (the second core stays free for the machine's other work).
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ def _collect(core: int, store: Path, args: argparse.Namespace, profiles: Path) -
     return doc
 
 
+def _calibrate(core: int, profiles: Path) -> None:
+    """One calibration on ``core`` that joins the history in ``profiles``."""
+    env = {**os.environ, "DWCP_PROFILE_DIR": str(profiles)}
+    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "dwcp_selector", "calibrate", "--force"]
+    cmd += ["--json"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+
 def _read(store: Path) -> dict[str, np.ndarray]:
     from dwcp_selector.telemetry.store import open_store
 
@@ -105,18 +117,32 @@ def main() -> None:
     ap.add_argument("--competitor", choices=sorted(COMPETITORS), default="cpu")
     ap.add_argument("--model", type=Path, help="evaluate this model on both collections")
     ap.add_argument("--out", type=Path, help="export both collections under this directory")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="share one profile history between the runs, started by this many quiet calibrations",
+    )
     args = ap.parse_args()
+    if not 0 <= args.history <= 12:
+        raise SystemExit("error: --history must be in 0..12")
     core = sorted(os.sched_getaffinity(0))[0]
     with tempfile.TemporaryDirectory(prefix="dwcp-loaded-") as tmp:
         root = Path(tmp)
         runs: dict[str, dict[str, Any]] = {}
-        quiet = _collect(core, root / "quiet.db", args, root / "profiles-quiet")
+        shared = root / "profiles" if args.history else None
+        for _ in range(args.history):
+            assert shared is not None
+            _calibrate(core, shared)
+        quiet = _collect(core, root / "quiet.db", args, shared or root / "profiles-quiet")
         runs["quiet"] = quiet
         script = COMPETITORS[args.competitor].format(seconds=3600)
         competitor = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", script])
         try:
             time.sleep(1.0)
-            runs["loaded"] = _collect(core, root / "loaded.db", args, root / "profiles-loaded")
+            if shared is not None:  # a snapshot under load joins the node's history
+                _calibrate(core, shared)
+            runs["loaded"] = _collect(core, root / "loaded.db", args, shared or root / "profiles-loaded")
         finally:
             competitor.terminate()
             competitor.wait(timeout=10)
@@ -144,6 +170,8 @@ def main() -> None:
             "machine": machine(),
             "command": "python bench/loaded_collection.py " + " ".join(sys.argv[1:]),
             "competitor": args.competitor,
+            "history": args.history,
+            "profile_snapshots": {k: v["host_profile"].get("snapshots", 1) for k, v in runs.items()},
             "records": int(a["request_id"].size),
             "records_per_s": {k: v["records_per_s"] for k, v in runs.items()},
             "wall_slowdown": quiet["records_per_s"] / runs["loaded"]["records_per_s"],
@@ -172,7 +200,8 @@ def main() -> None:
             f"{name}: near-optimal {r['near_optimal_rate']:.2%}, decisive {r['decisive_accuracy']:.2%}, "
             f"regret mean {r['regret_mean']:.2%} p95 {r['regret_p95']:.2%}"
         )
-    print(f"wrote {write(f'loaded_collection_{args.competitor}', doc)}")
+    name = f"loaded_collection_{args.competitor}" + ("_history" if args.history else "")
+    print(f"wrote {write(name, doc)}")
 
 
 if __name__ == "__main__":

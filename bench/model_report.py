@@ -111,19 +111,37 @@ def _fresh_lines(doc: dict[str, Any]) -> list[str]:
             + " | ".join(cell(bl.get(k)) for k in ("dc", "metro", "wan", "edge"))
             + f" | {cell(r['executable'])} |"
         )
-    for kind, d in loaded.items():
+    for d in loaded.values():
         moved = d["cpu_rate_loaded_over_quiet"]
         prof = d["profile_rate_loaded_over_quiet"]
+        kind = d.get("competitor", "cpu")
+        history = (
+            f", one node's profile history shared by both runs ({d['history']} quiet calibrations, one "
+            "under load; the records carry its long-run profile)"
+            if d.get("history")
+            else ", each run with a profile of its own"
+        )
+        evaluation = d.get("evaluation") or {}
+        judged = (
+            " The model "
+            + f"`{d.get('model')}`: "
+            + ", ".join(
+                f"{name} {pct(r['near_optimal_rate'])} near-optimal, {pct(r['regret_mean'])} mean regret"
+                for name, r in evaluation.items()
+            )
+            + "."
+            if evaluation
+            else ""
+        )
         lines += [
             "",
-            f"**The same records beside a {kind}-bound competitor on the collector's core** "
+            f"**The same records beside a {kind}-bound competitor on the collector's core{history}** "
             f"(`{d['command']}`, {d['machine']['cpu']}, {d['machine']['date']}): wall time per record "
             f"×{d['wall_slowdown']:.2f}; the CPU-time rates the labels price moved "
             + ", ".join(f"{k.replace('_', ' ')} ×{v:.2f}" for k, v in moved.items())
             + "; the host profile "
             + ", ".join(f"{k.replace('_', ' ')} ×{v:.2f}" for k, v in prof.items())
-            + f" (loaded / quiet). Labels agree on {pct(d['label_agreement'])}. The model on both "
-            "collections is in the table above when they were given as `--fresh` (the bench's `--out`).",
+            + f" (loaded / quiet). Labels agree on {pct(d['label_agreement'])}.{judged}",
         ]
     return lines
 
