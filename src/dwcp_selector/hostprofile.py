@@ -296,10 +296,7 @@ class HostProfile:
             raise ConfigError(f"not a host profile: {type(exc).__name__}: {exc}") from exc
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        _replace_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -499,9 +496,10 @@ def profile_dir() -> Path:
     return Path(cache) / "dwcp-selector" / "host-profiles"
 
 
-def history_path(directory: Path | None = None) -> Path:
-    """Where this host's calibrations of the last day are kept (one JSON profile a line)."""
-    return (directory or profile_dir()) / f"{host_key().key_id}.history.jsonl"
+def history_path(directory: Path | None = None, key: HostKey | None = None) -> Path:
+    """Where the calibrations of the last day of ``key`` (this host by default) are kept, one JSON
+    profile a line, beside its cached profile."""
+    return (directory or profile_dir()) / f"{(key or host_key()).key_id}.history.jsonl"
 
 
 def read_history(path: Path, key: HostKey | None = None) -> list[HostProfile]:
@@ -536,11 +534,13 @@ def read_history(path: Path, key: HostKey | None = None) -> list[HostProfile]:
     return out
 
 
-def _write_history(path: Path, snapshots: Sequence[HostProfile]) -> None:
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically: a concurrent reader sees the old file or the new one, and of two
+    writers at once the last wins (a history may lose one snapshot, never the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(p.to_dict(), sort_keys=True) + "\n" for p in snapshots))
-    os.replace(tmp, path)  # atomic; two writers at once may lose one snapshot, never the file
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def load_or_calibrate(
@@ -574,11 +574,11 @@ def load_or_calibrate(
     if not measure:
         return None
     snapshot = calibrate_host(budget_s=budget_s)
-    hist = path.with_name(f"{key.key_id}.history.jsonl")
+    hist = history_path(directory, key)
     snapshots = [*read_history(hist, key), snapshot][-HISTORY_SNAPSHOTS:]
     profile = HostProfile.combine(snapshots)
     try:
-        _write_history(hist, snapshots)
+        _replace_text(hist, "".join(json.dumps(p.to_dict(), sort_keys=True) + "\n" for p in snapshots))
         profile.save(path)
     except OSError as exc:
         warnings.warn(f"host profile not cached ({path}): {exc}", RuntimeWarning, stacklevel=2)
