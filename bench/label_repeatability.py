@@ -125,6 +125,11 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.1, help="share of sessions measured again")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--pick-seed", type=int, default=0, help="seed of the choice of sessions")
+    ap.add_argument(
+        "--out",
+        default="label_repeatability",
+        help="result name under bench/results/ (model_report.py reads the default one)",
+    )
     args = ap.parse_args()
     if not args.store.startswith("sqlite:///"):
         raise SystemExit("--store must be an SQLite store (sqlite:///PATH): the copy is a file copy")
@@ -171,7 +176,8 @@ def main() -> None:
         "of_sessions": len(sessions),
         "seconds": round(seconds, 1),
         "command": f"python bench/label_repeatability.py --store {args.store} --samples {args.samples} "
-        f"--seed {args.seed} --start {args.start} --fraction {args.fraction}",
+        f"--seed {args.seed} --start {args.start} --fraction {args.fraction} --workers {args.workers}"
+        + ("" if args.out == "label_repeatability" else f" --out {args.out}"),
         **result,
     }
     print(f"re-measured {result['rows']:,} records of {len(picked)} sessions in {seconds:.0f} s")
@@ -190,7 +196,7 @@ def main() -> None:
             if v["precision"] is not None and v["recall"] is not None
         )
     )
-    print(f"wrote {write('label_repeatability', doc)}")
+    print(f"wrote {write(args.out, doc)}")
 
 
 if __name__ == "__main__":

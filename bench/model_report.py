@@ -6,6 +6,14 @@
     python bench/label_repeatability.py --store sqlite:///data/staging-100k.db   # optional: the ceiling
     python bench/model_report.py --model out/model-100k --data data/dataset-100k \
         [--fresh NAME=DIR ...]   # collections made after training (export --all-test), e.g. another host
+    python bench/model_report.py --model out/model-100k --add-fresh --fresh NAME=DIR \
+        [--ceiling NAME=bench/results/label_repeatability_X.json]   # one more collection, later
+
+``--add-fresh`` evaluates only the ``--fresh`` collections and merges them into the stored results (the
+model must be the one they describe), so a collection made on another host, another day, joins the page
+without the training dataset. ``--ceiling`` gives a collection the label repeatability of its own records
+(``bench/label_repeatability.py --fraction 1`` on its store): the near-optimal rate any selector trained
+on such labels could reach there.
 
 ``--fresh`` evaluates the model on each such collection (by link class, and on its ``executable``
 records, the real source no model trains on); the results of ``bench/loaded_collection.py`` go beside them.
@@ -62,8 +70,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def _fresh(artifact: ModelArtifact, data: Path) -> dict[str, Any]:
-    """The model on a collection made after its training: overall, by link, on the held-out source."""
+def _fresh(artifact: ModelArtifact, data: Path, ceiling: Path | None = None) -> dict[str, Any]:
+    """The model on a collection made after its training: overall, by link, on the held-out source (and
+    the labels' own ceiling there, when ``ceiling`` names a repeatability result of the collection)."""
     splits, _, manifest = load_dataset(data)
     split = splits["test"]
     r = evaluate_artifact(artifact, split)
@@ -76,6 +85,19 @@ def _fresh(artifact: ModelArtifact, data: Path) -> dict[str, Any]:
         "host_profiles": len({str(p) for p in profiles}) if profiles is not None else 0,
         **headline_figures(r),
         "executable": {m: r["by_type"].get("executable", {}).get(m) for m in HEADLINE},
+        "ceiling": _ceiling(ceiling) if ceiling is not None else None,
+    }
+
+
+def _ceiling(path: Path) -> dict[str, Any]:
+    rep = json.loads(path.read_text())
+    return {
+        "near_optimal_rate": rep["near_optimal_rate"],
+        "decisive_agreement": rep["decisive_agreement"],
+        "rows": rep["rows"],
+        "by_link": {k: v["near_optimal_rate"] for k, v in rep["by_link"].items()},
+        "command": rep["command"],
+        "machine": rep["machine"],
     }
 
 
@@ -90,11 +112,14 @@ def _fresh_lines(doc: dict[str, Any]) -> list[str]:
         "Each is a `collect` of its own (other seeds) exported with `--all-test`; `executable` is the real "
         "source held out of training entirely; the host column names the CPU, the cores the collector could "
         "use (1 when pinned with `taskset`), the host profiles its records carry and the day. Each cell: "
-        "near-optimal / mean regret / p95 regret.",
+        "near-optimal / mean regret / p95 regret. An evaluation charges the decision times the model's "
+        "manifest carries, so it does not depend on the host that runs it; rows added later "
+        "(`--add-fresh`) say when and where they were evaluated.",
         "",
         "| collection | host | rows | all | decisive acc. | dc | metro | wan | edge | executable |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ceilings: list[str] = []
 
     def cell(r: dict[str, Any] | None) -> str:
         if not r or r.get("near_optimal_rate") is None:
@@ -103,14 +128,28 @@ def _fresh_lines(doc: dict[str, Any]) -> list[str]:
 
     for name, r in fresh.items():
         bl = r["by_link"]
+        later = r.get("evaluated")
+        where = f" (evaluated {later['date']}, {later['cpu']})" if later else ""
         lines.append(
-            f"| {name} | {', '.join(r['host_cpu'])} ({r['host_profiles']} "
+            f"| {name}{where} | {', '.join(r['host_cpu'])} ({r['host_profiles']} "
             f"profile{'s' if r['host_profiles'] != 1 else ''}), "
             f"{r['created_at'][:10]} | "
             f"{r['rows']:,} | {cell(r)} | {pct(r['decisive_accuracy'])} | "
             + " | ".join(cell(bl.get(k)) for k in ("dc", "metro", "wan", "edge"))
             + f" | {cell(r['executable'])} |"
         )
+        c = r.get("ceiling")
+        if c:
+            links = ", ".join(f"{k} {pct(v)}" for k, v in c["by_link"].items())
+            ceilings.append(
+                f"**{name}**: its own labels measured twice (`{c['command']}`, {c['machine']['cpu']}, "
+                f"{c['machine']['date'][:10]}) agree near-optimally on {pct(c['near_optimal_rate'])} of "
+                f"{c['rows']:,} records ({links}; decisive labels agree on {pct(c['decisive_agreement'])}): "
+                f"the ceiling of any selector trained on such labels, against the model's "
+                f"{pct(r['near_optimal_rate'])}."
+            )
+    for text in ceilings:
+        lines += ["", text]
     for d in loaded.values():
         moved = d["cpu_rate_loaded_over_quiet"]
         prof = d["profile_rate_loaded_over_quiet"]
@@ -421,9 +460,30 @@ def main() -> None:
     ap.add_argument(
         "--render-only", action="store_true", help="rewrite the page from bench/results/model.json alone"
     )
+    ap.add_argument(
+        "--ceiling",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a --fresh collection's label repeatability (bench/label_repeatability.py on its store)",
+    )
+    ap.add_argument(
+        "--add-fresh",
+        action="store_true",
+        help="evaluate only the --fresh collections and merge them into bench/results/model.json",
+    )
     args = ap.parse_args()
     if args.render_only:
         rerender("model", OUT, render)
+        return
+    ceilings = {name: Path(p) for name, p in (c.split("=", 1) for c in args.ceiling)}
+    fresh_dirs = dict(f.split("=", 1) for f in args.fresh)
+    if unknown := set(ceilings) - set(fresh_dirs):
+        ap.error(f"--ceiling for no --fresh collection: {', '.join(sorted(unknown))}")
+    if args.add_fresh:
+        if args.model is None or not fresh_dirs:
+            ap.error("--add-fresh needs --model and at least one --fresh")
+        _add_fresh(load_artifact(args.model), fresh_dirs, ceilings)
         return
     if args.model is None or args.data is None:
         ap.error("--model and --data are required (or --render-only)")
@@ -473,12 +533,32 @@ def main() -> None:
         "model_tier_near_optimal": {"all": no_fast["near_optimal_rate"]}
         | {k: v["near_optimal_rate"] for k, v in no_fast["by_link"].items() if v.get("rows")},
         "label_repeatability": json.loads(repeat.read_text()) if repeat.exists() else None,
-        "fresh": {name: _fresh(artifact, Path(d)) for name, d in (f.split("=", 1) for f in args.fresh)},
+        "fresh": {name: _fresh(artifact, Path(d), ceilings.get(name)) for name, d in fresh_dirs.items()},
         "loaded": {
             p.stem.removeprefix("loaded_collection_"): json.loads(p.read_text())
             for p in sorted(RESULTS.glob("loaded_collection_*.json"))
         },
     }
+    doc = json.loads(json.dumps(doc, default=float))
+    print(f"wrote {write('model', doc)}")
+    OUT.write_text(render(doc))
+    print(f"wrote {OUT}")
+
+
+def _add_fresh(artifact: ModelArtifact, fresh_dirs: dict[str, str], ceilings: dict[str, Path]) -> None:
+    """Merge the evaluation of more fresh collections into the stored results and render the page."""
+    path = RESULTS / "model.json"
+    doc = json.loads(path.read_text())
+    described = doc["model"]
+    mine = {"size_bytes": artifact.size_bytes(), "kind": artifact.kind, "family": artifact.family}
+    if described != mine:
+        raise SystemExit(f"bench/results/model.json describes another model ({described}, not {mine})")
+    added = {
+        name: _fresh(artifact, Path(d), ceilings.get(name)) | {"evaluated": machine()}
+        for name, d in fresh_dirs.items()
+    }
+    # the newest first, as the page lists them
+    doc["fresh"] = added | {k: v for k, v in (doc.get("fresh") or {}).items() if k not in added}
     doc = json.loads(json.dumps(doc, default=float))
     print(f"wrote {write('model', doc)}")
     OUT.write_text(render(doc))

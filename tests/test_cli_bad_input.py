@@ -135,6 +135,7 @@ NUMERIC: list[tuple[str, str, tuple[str, ...]]] = [
     ("train", "--trials", ("abc", "0", HUGE)),
     ("train", "--folds", ("abc", "-1", "1", "200", HUGE)),
     ("train", "--seed", ("abc", "-1", HUGE)),
+    ("train", "--profile-sd", ("abc", "-0.1", "2.5", "nan")),
     ("validate", "--min-rows", ("abc", "-1", "1.5")),
 ]
 

@@ -236,6 +236,24 @@ def test_decider_tiers_and_outputs(tmp_path: Path) -> None:
     assert abs(sum(d2.probabilities.values()) - 1) < 1e-9 and d2.latency_s > 0
 
 
+def test_the_link_rate_is_remembered_for_one_link_only(tmp_path: Path) -> None:
+    """Transmit times come from a one-entry cache of the last link's rate: every other link, even an
+    equal one, is priced anew, and alternating links never get each other's rate."""
+    decider = Decider(TieredModel(load_artifact(_toy_artifact(tmp_path))))
+    fast_link = LinkState(10e9, 0.0002, 0.0, 0.0, link_type="dc")
+    slow_link = LinkState(50e6, 0.03, 1e-4, 0.2, link_type="edge")
+    size = 100 << 10
+    for _ in range(3):
+        for link in (fast_link, slow_link, LinkState(10e9, 0.0002, 0.0, 0.0, link_type="dc")):
+            assert decider.transmit_s(size, link) == 8.0 * size / CM.effective_bps(link)
+    assert decider.tier(size, fast_link) == "fast" and decider.tier(size, slow_link) != "fast"
+    sel = Selector(_toy_artifact(tmp_path))
+    system = SystemState(4)
+    assert sel.select(b"x" * size, fast_link, system).tier == "fast"
+    assert sel.select(b"x" * size, slow_link, system).tier != "fast"
+    assert sel.select(b"x" * size, fast_link, system).tier == "fast"
+
+
 def test_selector_cache_is_keyed_and_invalidated(tmp_path: Path) -> None:
     # the toy policy: fast path when transmit < 10 × 20 µs = 200 µs
     sel = Selector(_toy_artifact(tmp_path), ttl_s=60)

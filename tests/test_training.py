@@ -292,6 +292,29 @@ def test_records_are_repriced_on_drawn_hosts(dataset: Path) -> None:
     assert np.allclose(same.costs()[val.offered()], val.costs()[val.offered()], rtol=1e-9)
 
 
+def test_the_profile_error_training_shows_the_models_is_a_setting(dataset: Path) -> None:
+    from dwcp_selector.training.hosts import DEFAULT_PROFILE_SD
+    from dwcp_selector.training.pipeline import TrainConfig, with_host_draws
+
+    assert TrainConfig().profile_sd == DEFAULT_PROFILE_SD
+    for bad in (-0.1, 2.5, float("nan")):
+        with pytest.raises(ConfigError, match="profile_sd"):
+            TrainConfig(profile_sd=bad)
+    splits, _, _ = load_dataset(dataset)
+    cm = CostModel()
+    exact = with_host_draws(splits, cm, 5, profile_sd=0.0)
+    small = with_host_draws(splits, cm, 5, profile_sd=0.1)
+    for name in ("train", "val"):
+        assert np.array_equal(exact[name].costs(), small[name].costs())  # the same hosts, the same costs
+        err = np.log2(small[name].cols["f_host_lz4_decode_bps"] / exact[name].cols["f_host_lz4_decode_bps"])
+        assert 0.07 < float(np.std(err)) < 0.13
+    # the fleet evaluation keeps the default error whatever training was shown
+    default = with_host_draws(splits, cm, 5)
+    assert np.array_equal(
+        small["test_fleet"].cols["f_host_lz4_decode_bps"], default["test_fleet"].cols["f_host_lz4_decode_bps"]
+    )
+
+
 def test_a_host_aware_model_decides_with_the_nodes_profile(trained: tuple[Path, dict[str, Any]]) -> None:
     from dwcp_selector.hostprofile import REFERENCE_RATES, HostProfile, host_key
     from dwcp_selector.link import SystemState
@@ -301,6 +324,7 @@ def test_a_host_aware_model_decides_with_the_nodes_profile(trained: tuple[Path, 
     out, _ = trained
     artifact = load_artifact(out)
     assert artifact.extra["host_draws"]["spread_log2"] > 0
+    assert artifact.extra["host_draws"]["profile_sd_log2"] == 0.4  # training.hosts.DEFAULT_PROFILE_SD
     assert artifact.extra["training_hosts"] and artifact.extra["training_hosts"][0]["records"] > 0
     spec = artifact.tiers[LIGHT].spec
     assert spec.with_host and spec.names[-1] == "host:host_python_ops_s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -85,6 +86,12 @@ def train_with_progress(data_dir: Path, out_dir: Path, config: TrainConfig, *, s
     show_default=True,
     help="Re-price records on drawn hosts and give the models this node's speed profile as input.",
 )
+@click.option(
+    "--profile-sd",
+    type=FiniteFloatRange(0.0, 2.0),
+    help="Error (log2 sd) of the host rates the models see beside each drawn host's true ones "
+    "[default: training.hosts.DEFAULT_PROFILE_SD, 0.4].",
+)
 @click.option("--json", "as_json", is_flag=True)
 def train_cmd(
     data_dir: Path,
@@ -94,6 +101,7 @@ def train_cmd(
     candidates: str | None,
     seed: int,
     host_draws: bool,
+    profile_sd: float | None,
     as_json: bool,
 ) -> None:
     """Train every candidate on an exported dataset, keep the best by validation regret, export ONNX."""
@@ -112,6 +120,8 @@ def train_cmd(
         host_draws=host_draws,
         model_key=Settings.from_env().model_key,
     )
+    if profile_sd is not None:
+        config = dataclasses.replace(config, profile_sd=profile_sd)
     summary = train_with_progress(data_dir, out_dir, config, show=not as_json and sys.stderr.isatty())
 
     def human() -> None:

@@ -202,8 +202,13 @@ class Decider:
         #: the tiers' decision times on this node: the artifact's, scaled by how much faster or slower
         #: this node runs Python than the host that timed them (when both profiles are known)
         self.times = host_times(self.artifact.times, self.artifact.extra.get("timing_host"), host_profile)
-        self._fast_limit, self._rich_limit = self.artifact.policy.limits(self.times)
+        #: raw transmit seconds below which the fast path decides, and from which the rich tier does
+        self.fast_limit_s, self.rich_limit_s = self.artifact.policy.limits(self.times)
         self._fast_rule = self.artifact.fast_rule.choose
+        # the last link's effective rate: a node decides many transfers over one LinkState (frozen), and
+        # the rate is a third of a fast-path decision; one tuple, so threads never pair a link with
+        # another's rate
+        self._rate: tuple[LinkState | None, float] = (None, 1.0)
         # a light classifier whose network runs compiled gets its whole row from one compiled call too
         light = model.tiers.get(LIGHT)
         self.light_row: LightRow | None = None
@@ -220,7 +225,11 @@ class Decider:
         """Seconds to push ``size`` unencoded bytes through the link's AMST streams, without the RTT.
 
         ``training.policy_eval.transmit_array`` is the same for many records."""
-        return 8.0 * size / self.cost_model.effective_bps(link)
+        seen = self._rate
+        if seen[0] is not link:
+            seen = (link, self.cost_model.effective_bps(link))
+            self._rate = seen
+        return 8.0 * size / seen[1]
 
     def tier(self, size: int, link: LinkState) -> str:
         """The tier of a transfer from its raw transmit time (``policy.tier_array`` for many)."""
@@ -228,9 +237,9 @@ class Decider:
 
     def tier_of(self, transmit_s: float) -> str:
         """The tier of a transfer whose raw transmit time is ``transmit_s``."""
-        if transmit_s < self._fast_limit:
+        if transmit_s < self.fast_limit_s:
             return FAST
-        return RICH if transmit_s >= self._rich_limit else LIGHT
+        return RICH if transmit_s >= self.rich_limit_s else LIGHT
 
     def fast(
         self, t0: float, transmit_s: float, link: LinkState, has_baseline: bool, payload_type: str
@@ -287,7 +296,7 @@ class Decider:
         )
         transmit = (8.0 * np.array(sizes, dtype=np.float64) / effective).tolist()
         rows: list[int] = []
-        fast_limit = self._fast_limit
+        fast_limit = self.fast_limit_s
         for i in range(n):
             if transmit[i] < fast_limit:
                 out[i] = self.fast(

@@ -176,9 +176,8 @@ class Selector:
         size = len(payload)
         decider = self.decider
         transmit = decider.transmit_s(size, link)
-        tier = decider.tier_of(transmit)
         key = self.cache_key(resource_id, link, baseline is not None) if resource_id is not None else None
-        if tier == FAST:
+        if transmit < decider.fast_limit_s:  # the fast path: decider.tier_of inlined, a call saved
             if key is not None:
                 hit = self._cached(key, size)
                 if hit is not None:
@@ -192,7 +191,13 @@ class Selector:
                     )
             return decider.fast(t0, transmit, link, baseline is not None, payload_type)
         decision = decider.decide(
-            payload, link, system, baseline=baseline, payload_type=payload_type, history=history, tier=tier
+            payload,
+            link,
+            system,
+            baseline=baseline,
+            payload_type=payload_type,
+            history=history,
+            tier=decider.tier_of(transmit),
         )
         if key is not None:
             with self._lock:

@@ -71,6 +71,9 @@ class TrainConfig:
     #: re-price train and validation records on drawn hosts and give the models the host inputs
     #: (``training.hosts``); off: the collecting host's speeds only, as models before host profiles
     host_draws: bool = True
+    #: the error (log2-normal sd) of the host rates the models are shown beside each drawn host's true
+    #: ones: what a node's profile misreads its host by (``training.hosts``)
+    profile_sd: float = DEFAULT_PROFILE_SD
     #: sign the exported manifest with this key (``DWCP_MODEL_KEY``); loaders given it refuse others
     model_key: bytes | None = field(default=None, repr=False)
 
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"unknown candidates {sorted(unknown)}; expected some of {CANDIDATES}")
         if self.trials < 1 or self.folds < 0 or self.folds == 1:
             raise ConfigError("trials must be ≥ 1 and folds 0 (none) or ≥ 2")
+        if not 0.0 <= self.profile_sd <= 2.0:
+            raise ConfigError(f"profile_sd must be a log2 sd in [0, 2], not {self.profile_sd}")
 
 
 @dataclass
@@ -416,7 +421,7 @@ def train(
     cm = CostModel()
     native_train = splits["train"]
     if config.host_draws:
-        splits = with_host_draws(splits, cm, config.seed)
+        splits = with_host_draws(splits, cm, config.seed, profile_sd=config.profile_sd)
     train_split, val = splits["train"], splits["val"]
     log_dir = out / "tensorboard" if config.tensorboard else None
     rule = fit_fast_rule(train_split, cm)
@@ -459,7 +464,7 @@ def train(
                 "seed": config.seed,
                 "spread_log2": DEFAULT_SPREAD,
                 "rate_sd_log2": DEFAULT_RATE_SD,
-                "profile_sd_log2": DEFAULT_PROFILE_SD,
+                "profile_sd_log2": config.profile_sd,
             }
             if config.host_draws
             else None
@@ -511,12 +516,15 @@ def train(
     return summary
 
 
-def with_host_draws(splits: dict[str, Split], cm: CostModel, seed: int) -> dict[str, Split]:
-    """Train and validation re-priced on drawn hosts (``training.hosts``), and the test split beside
-    itself as ``test_fleet``: the same records priced on a fleet of hosts the model never saw."""
+def with_host_draws(
+    splits: dict[str, Split], cm: CostModel, seed: int, *, profile_sd: float = DEFAULT_PROFILE_SD
+) -> dict[str, Split]:
+    """Train and validation re-priced on drawn hosts (``training.hosts``; the models see each host's rates
+    through an error of ``profile_sd``), and the test split beside itself as ``test_fleet``: the same
+    records priced on a fleet of hosts the model never saw, measured with the default profile error."""
     out = dict(splits)
     for k, name in enumerate(("train", "val")):
-        out[name] = reprice_for_hosts(splits[name], cm, seed + k)
+        out[name] = reprice_for_hosts(splits[name], cm, seed + k, profile_sd=profile_sd)
     out.update(fleet_splits(splits, cm, seed, names=("test",)))
     return out
 
@@ -634,7 +642,8 @@ def calibrate(
     cm = CostModel(artifact.cost_params)
     draws = artifact.extra.get("host_draws")
     if draws:
-        splits = with_host_draws(splits, cm, int(draws["seed"]))
+        sd = float(draws.get("profile_sd_log2", DEFAULT_PROFILE_SD))
+        splits = with_host_draws(splits, cm, int(draws["seed"]), profile_sd=sd)
     model = TieredModel(artifact)
     before = {"times": artifact.times.to_dict(), "policy": artifact.policy.to_dict()}
     artifact.fast_rule = fit_fast_rule(splits["train"], cm)  # deterministic: the same rule, or a first one
