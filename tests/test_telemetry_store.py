@@ -120,6 +120,25 @@ def test_read_back_every_column_exactly(store: TelemetryStore) -> None:
         store.read_table(["nope"])
 
 
+def test_reads_filter_by_experiment_and_start_in_the_store(store: TelemetryStore) -> None:
+    start = NOW - dt.timedelta(hours=3)
+    names = ("exp-a", "exp-b", None)
+    batch = [full_record(i, start + i * dt.timedelta(minutes=1), experiment=names[i % 3]) for i in range(180)]
+    assert store.write_batch(batch) == 180
+    a = store.read_table(["request_id", "experiment"], experiment="exp-a")
+    assert a.num_rows == 60 and set(a.column("experiment").to_pylist()) == {"exp-a"}
+    cut = start + dt.timedelta(minutes=90, seconds=30)
+    later = store.read_table(["request_id"], experiment="exp-a", since=cut)
+    expected = [r["request_id"] for r in batch if r["experiment"] == "exp-a" and r["ts"] >= cut]
+    assert later.column("request_id").to_pylist() == expected and len(expected) == 29  # in ts order
+    east = dt.timezone(dt.timedelta(hours=5))  # the same instant written in another zone
+    assert store.read_table(["request_id"], since=cut.astimezone(east)).num_rows == 89
+    assert store.read_table(["request_id"], since=batch[0]["ts"]).num_rows == 180  # at or after
+    assert store.read_table(["request_id"], experiment="none-such").num_rows == 0
+    with pytest.raises(ConfigError, match="timezone"):
+        store.read_table(since=dt.datetime(2026, 11, 29, 12, 0))
+
+
 def test_bad_records_are_refused(store: TelemetryStore) -> None:
     missing = full_record(1, NOW)
     del missing["oracle_label"]

@@ -36,18 +36,22 @@ def _steps(value: str) -> tuple[float, ...]:
 
 
 def _controller(state_path: Path, store: str | None, registry_dir: Path | None) -> RolloutController:
-    read_rows = None
-    if store is not None:
-        from ..telemetry.store import open_store
-
-        def read_rows() -> Any:
-            with open_store(store, must_exist=True) as s:
-                return s.read_table()
-
     registry = None
     if registry_dir is not None:
         registry = ModelRegistry(registry_dir, model_key=Settings.from_env().model_key)
-    return RolloutController(state_path, read_rows=read_rows, registry=registry)
+    controller = RolloutController(state_path, registry=registry)
+    if store is not None:
+        from ..telemetry.store import open_store
+
+        experiment = controller.plan.experiment
+
+        def read_rows() -> Any:
+            # the experiment's rows only, filtered in the store: what the guardrails and the gate judge
+            with open_store(store, must_exist=True) as s:
+                return s.read_table(experiment=experiment)
+
+        controller.read_rows = read_rows
+    return controller
 
 
 def _print(summary: dict[str, Any]) -> None:

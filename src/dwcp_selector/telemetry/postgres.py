@@ -48,6 +48,7 @@ from .store import (
     arrow_schema,
     columns_or_all,
     cutoff_for,
+    since_utc,
     write_archive,
 )
 
@@ -332,19 +333,41 @@ class PostgresStore(TelemetryStore):
         )
         return n
 
-    def _select(self, conn: psycopg.Connection[Any], columns: list[str], relation: str) -> pa.Table:
-        query = sql.SQL("SELECT {} FROM {} ORDER BY ts, request_id").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(relation)
+    def _select(
+        self,
+        conn: psycopg.Connection[Any],
+        columns: list[str],
+        relation: str,
+        experiment: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> pa.Table:
+        terms: list[sql.Composable] = []
+        params: list[Any] = []
+        if experiment is not None:
+            terms.append(sql.SQL("experiment = %s"))
+            params.append(experiment)
+        if since is not None:  # on the partition key: only the partitions from that day on are read
+            terms.append(sql.SQL("ts >= %s"))
+            params.append(since_utc(since))
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms) if terms else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM {}{} ORDER BY ts, request_id").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(relation), where
         )
-        rows = conn.execute(query).fetchall()
+        rows = conn.execute(query, params).fetchall()
         schema = arrow_schema(columns)
         values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
         arrays = [pa.array(list(v), type=schema.field(c).type) for c, v in zip(columns, values, strict=True)]
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+    def read_table(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        experiment: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> pa.Table:
         cols = columns_or_all(columns)
-        table: pa.Table = self._run(lambda conn: self._select(conn, cols, TABLE))
+        table: pa.Table = self._run(lambda conn: self._select(conn, cols, TABLE, experiment, since))
         return table
 
     def days(self) -> dict[dt.date, int]:

@@ -39,6 +39,7 @@ from .store import (
     arrow_schema,
     columns_or_all,
     cutoff_for,
+    since_utc,
     write_archive,
 )
 
@@ -278,8 +279,23 @@ class SqliteStore(TelemetryStore):
             ).fetchall()
         return _to_arrow(columns, rows)
 
-    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        return self._select(columns_or_all(columns))
+    def read_table(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        experiment: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> pa.Table:
+        terms: list[str] = []
+        params: list[Any] = []
+        if experiment is not None:
+            terms.append("experiment = ?")
+            params.append(experiment)
+        if since is not None:
+            terms.append("ts >= ?")
+            params.append(since_utc(since).timestamp())
+        where = f"WHERE {' AND '.join(terms)}" if terms else ""
+        return self._select(columns_or_all(columns), where, tuple(params))
 
     def days(self) -> dict[dt.date, int]:
         with self._lock:

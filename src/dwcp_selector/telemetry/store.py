@@ -88,8 +88,17 @@ class TelemetryStore(abc.ABC):
     def count(self) -> int: ...
 
     @abc.abstractmethod
-    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """Every record (or some columns of each) as an Arrow table in timestamp order."""
+    def read_table(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        experiment: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> pa.Table:
+        """Every record (or some columns of each) as an Arrow table in timestamp order; with
+        ``experiment``, only that A/B experiment's records, and with ``since`` (timezone-aware), only
+        those that started then or later. The filters run in the store, so a reader that follows one
+        experiment (the rollout controller) reads its rows, not the table."""
 
     @abc.abstractmethod
     def days(self) -> dict[dt.date, int]:
@@ -113,6 +122,13 @@ class TelemetryStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def since_utc(since: dt.datetime) -> dt.datetime:
+    """A ``read_table(since=)`` bound in UTC; a naive one could mean any zone, so it is refused."""
+    if since.tzinfo is None:
+        raise ConfigError(f"since must be timezone-aware, got {since.isoformat()}")
+    return since.astimezone(dt.UTC)
 
 
 def cutoff_for(now: dt.datetime | None, keep_days: int) -> dt.datetime:
