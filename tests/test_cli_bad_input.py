@@ -16,6 +16,7 @@ real ``python -m dwcp_selector`` answers the same.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import importlib
 import json
@@ -55,6 +56,7 @@ TEXT, EMPTY, DIR, MISSING = f"{B}/notes.txt", f"{B}/empty", f"{B}/adir", f"{B}/n
 DATA, BASE, OTHER = f"{B}/data.txt", f"{B}/base.txt", f"{B}/other.txt"
 GOOD_MODEL, GOOD_DATA, TRAINABLE = f"{B}/good-model", f"{B}/good-data", f"{B}/trainable"
 STORE = f"sqlite:///{B}/store.db"
+RECORDS = f"{B}/records.parquet"
 HUGE = "1" + "0" * 30
 KEY = "k" * 32
 
@@ -85,6 +87,7 @@ GOOD: dict[str, tuple[str, ...]] = {
     "encode": ("encode", DATA, "-s", "zstd", "-o", "out.frame"),
     "evaluate": ("evaluate", "--model", GOOD_MODEL, "--data", GOOD_DATA),
     "export": ("export", "--store", STORE, "--out", "exported"),
+    "import": ("import", "--store", "sqlite:///new.db", RECORDS),
     "measure": ("measure", DATA),
     "retention": ("retention", "--store", STORE, "--archive", "archive"),
     "select": ("select", DATA, "--model", GOOD_MODEL),
@@ -232,6 +235,14 @@ def _urls() -> Iterable[Case]:
             yield Case(_replacing(command, STORE, url), (needle,))
     for url, needle in BAD_URLS + WRITER_URLS:
         yield Case(_replacing("collect", "sqlite:///new.db", url), (needle,))
+        yield Case(_replacing("import", "sqlite:///new.db", url), (needle,))
+    for path, needle in (
+        (TEXT, "not a Parquet file"),
+        (EMPTY, "not a Parquet file"),
+        (DIR, "is a directory"),
+        (MISSING, "does not exist"),
+    ):
+        yield Case(_replacing("import", RECORDS, path), (needle,))
     for command in ("validate", "export", "collect"):
         args = tuple(a for a in GOOD[command] if a not in ("--store", STORE, "sqlite:///new.db"))
         yield Case(args, ("unsupported telemetry store URL",), env=(("DWCP_STORE_URL", "mysql://x"),))
@@ -447,6 +458,16 @@ def _make_inputs(b: Path) -> None:
     hde = codec.encode((b / "data.txt").read_bytes(), "hde", baseline=Baseline("base.txt", base))
     (b / "hde.frame").write_bytes(hde.to_bytes())
 
+    # telemetry records as Parquet, for import
+    from dwcp_selector.telemetry.schema import COLUMN_NAMES
+    from dwcp_selector.telemetry.store import arrow_schema
+
+    from .conftest import full_record
+
+    when = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    rows = [full_record(i, when + dt.timedelta(minutes=i)) for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(list(COLUMN_NAMES))), b / "records.parquet")
+
     # stores: a good empty one, one from a newer build, an SQLite database that is not a telemetry store
     with open_store(f"sqlite:///{b / 'store.db'}"):
         pass
@@ -630,7 +651,7 @@ def test_the_matrix_left_its_inputs_alone(matrix: Matrix) -> None:
 
 def test_the_good_invocations_are_good(inputs: Path, tmp_path: Path) -> None:
     """The valid invocations the matrix spoils do work: its errors are the spoiled input's."""
-    quick = ("decode", "dict train", "encode", "measure", "select", "evaluate")
+    quick = ("decode", "dict train", "encode", "measure", "select", "evaluate", "import")
     jobs = [
         _job(Case(GOOD[c]), inputs, tmp_path / str(n), tmp_path / f"{n}.profiles")
         for n, c in enumerate(quick)

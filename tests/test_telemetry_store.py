@@ -139,6 +139,47 @@ def test_reads_filter_by_experiment_and_start_in_the_store(store: TelemetryStore
         store.read_table(since=dt.datetime(2026, 11, 29, 12, 0))
 
 
+def test_archived_and_foreign_records_import_back(store: TelemetryStore, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from dwcp_selector.telemetry.store import IMPORT_BATCH, import_records
+
+    old = records(12, NOW - dt.timedelta(days=100), dt.timedelta(hours=6))
+    keep = [full_record(500 + i, NOW - dt.timedelta(minutes=i)) for i in range(5)]
+    store.write_batch(old + keep)
+    before = store.read_table().to_pylist()
+    report = store.apply_retention(tmp_path / "archive", now=NOW, keep_days=90)
+    assert store.count() == 5
+    seen: list[tuple[int, int]] = []
+    for _, _, path in report.archived:
+        import_records(store, path, on_progress=lambda n, total: seen.append((n, total)))
+    assert store.read_table().to_pylist() == before  # every column back exactly, in ts order
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert all(import_records(store, p)[1] == 0 for _, _, p in report.archived)  # nothing twice
+    # another store's rows, written as Parquet, without a column a later schema version added
+    n = IMPORT_BATCH + 7
+    other = [full_record(10_000 + i, NOW + dt.timedelta(days=1, seconds=i)) for i in range(n)]
+    table = pa.Table.from_pylist(other).drop(["experiment"])
+    pq.write_table(table, tmp_path / "other.parquet")
+    assert import_records(store, tmp_path / "other.parquet") == (n, n)
+    back = store.read_table(["request_id", "experiment"], since=NOW + dt.timedelta(days=1))
+    assert back.num_rows == n and set(back.column("experiment").to_pylist()) == {None}
+    # files that are not records are refused before anything is written
+    count = store.count()
+    (tmp_path / "notes.txt").write_text("hello")
+    pq.write_table(table.append_column("surprise", pa.array([1] * table.num_rows)), tmp_path / "u.parquet")
+    pq.write_table(table.drop(["request_id"]), tmp_path / "r.parquet")
+    for name, needle in (
+        ("notes.txt", "not a Parquet file"),
+        ("u.parquet", "does not know: surprise"),
+        ("r.parquet", "lacks required columns: request_id"),
+        ("nothing.parquet", "no records file"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            import_records(store, tmp_path / name)
+    assert store.count() == count
+
+
 def test_bad_records_are_refused(store: TelemetryStore) -> None:
     missing = full_record(1, NOW)
     del missing["oracle_label"]

@@ -1,4 +1,4 @@
-"""``collect``, ``validate``, ``export`` and ``retention``: staging telemetry and the dataset."""
+"""``collect``, ``validate``, ``export``, ``retention`` and ``import``: staging telemetry and the dataset."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -29,7 +30,7 @@ from ._params import MAX_SAMPLES, MAX_WORKERS, SEED
 # other commands start without them.
 DEFAULT_RETENTION_DAYS = 90
 
-__all__ = ["collect_cmd", "export_cmd", "retention_cmd", "validate_cmd"]
+__all__ = ["collect_cmd", "export_cmd", "import_cmd", "retention_cmd", "validate_cmd"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -261,5 +262,44 @@ def retention_cmd(store_url: str, archive_dir: Path, keep_days: int, now: str | 
         lambda: stdout.print(
             f"archived and dropped {len(report.archived)} day(s), {report.rows:,} rows, older than "
             f"{report.cutoff:%Y-%m-%d} → {archive_dir}"
+        ),
+    )
+
+
+@cli.command("import")
+@_store_option
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--json", "as_json", is_flag=True)
+def import_cmd(store_url: str, files: tuple[Path, ...], as_json: bool) -> None:
+    """Write Parquet files of telemetry records into the store: days that retention archived, or another
+    host's records (a store's table written as Parquet). Rows already stored are skipped."""
+    from ..telemetry.store import import_records, open_records, open_store
+
+    for path in files:  # every file checked before the store is opened (or created)
+        open_records(path)
+    done: list[dict[str, Any]] = []
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn())
+    with (
+        open_store(store_url) as store,
+        Progress(*columns, disable=as_json or not sys.stderr.isatty(), console=None) as progress,
+    ):
+        for path in files:
+            task = progress.add_task(f"importing {path.name}", total=None)
+
+            def advance(n: int, total: int, task: TaskID = task) -> None:
+                progress.update(task, completed=n, total=total)
+
+            read, new = import_records(store, path, on_progress=advance)
+            done.append({"file": str(path), "rows": read, "new": new})
+        rows = store.count()
+    doc = {"store": store_url, "files": done, "store_rows": rows}
+    emit(
+        as_json,
+        doc,
+        lambda: stdout.print(
+            "; ".join(f"{d['file']}: {d['rows']:,} rows ({d['new']:,} new)" for d in done)
+            + f" → {store_url} ({rows:,} rows)"
         ),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, StoreError, StoreUnavailableError
-from .schema import COLUMN_NAMES, COLUMNS, TABLE, Kind
+from .schema import COLUMN_NAMES, COLUMNS, TABLE, Column, Kind
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -32,6 +32,7 @@ __all__ = [
     "StoreUnavailableError",
     "TelemetryStore",
     "arrow_schema",
+    "import_records",
     "open_store",
 ]
 
@@ -163,6 +164,66 @@ def write_archive(table: pa.Table, archive_dir: str | Path, day: dt.date) -> str
         raise StoreError(f"archive of {day} holds {written} rows, expected {table.num_rows}; nothing dropped")
     tmp.rename(path)
     return str(path)
+
+
+#: Rows written per batch by :func:`import_records` (bounded memory, whatever the file's size).
+IMPORT_BATCH = 5_000
+
+
+def import_records(
+    store: TelemetryStore,
+    path: str | Path,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Write the records of a Parquet file of telemetry rows into ``store``; returns (rows read, rows new).
+
+    The file is what ``retention`` archives (``write_archive``), or any table of this schema's columns
+    (a store's ``read_table`` written as Parquet): another day's or another host's records. Columns a
+    later schema version added may be absent (they are stored as NULL, as a migration does); unknown
+    columns, a file that is not Parquet, or rows the store refuses are a :class:`ConfigError` naming the
+    file. Rows already stored (by request id) are skipped, so an import can be repeated or resumed.
+    """
+    source = Path(path)
+    pf, missing = open_records(source)
+    total = pf.metadata.num_rows
+    read = new = 0
+    for batch in pf.iter_batches(batch_size=IMPORT_BATCH):
+        rows = batch.to_pylist()
+        for row in rows:
+            for c in missing:
+                row[c.name] = None
+        try:
+            new += store.write_batch(rows)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}, rows {read + 1}-{read + len(rows)}: {exc}") from exc
+        read += len(rows)
+        if on_progress is not None:
+            on_progress(read, total)
+    return read, new
+
+
+def open_records(path: str | Path) -> tuple[pq.ParquetFile, list[Column]]:
+    """A Parquet file of telemetry records, checked against this schema before anything is written
+    (:func:`import_records`), and the nullable columns it lacks."""
+    source = Path(path)
+    try:
+        pf = pq.ParquetFile(source)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no records file at {source}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{source} is a directory, not a Parquet file of records") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"{source} is not a Parquet file of telemetry records: {exc}") from exc
+    names = pf.schema_arrow.names
+    unknown = sorted(set(names) - set(COLUMN_NAMES))
+    if unknown:
+        raise ConfigError(f"{source} has columns this schema does not know: {', '.join(unknown[:5])}")
+    missing = [c for c in COLUMNS if c.name not in names]
+    required = [c.name for c in missing if not c.nullable]
+    if required:
+        raise ConfigError(f"{source} lacks required columns: {', '.join(required[:5])}")
+    return pf, missing
 
 
 def columns_or_all(columns: Sequence[str] | None) -> list[str]:
