@@ -41,14 +41,13 @@ from .schema import (
 )
 from .store import (
     DEFAULT_RETENTION_DAYS,
+    Condition,
     RetentionReport,
     StoreError,
     StoreUnavailableError,
     TelemetryStore,
     arrow_schema,
-    columns_or_all,
     cutoff_for,
-    since_utc,
     write_archive,
 )
 
@@ -338,17 +337,11 @@ class PostgresStore(TelemetryStore):
         conn: psycopg.Connection[Any],
         columns: list[str],
         relation: str,
-        experiment: str | None = None,
-        since: dt.datetime | None = None,
+        conditions: Sequence[Condition] = (),
     ) -> pa.Table:
-        terms: list[sql.Composable] = []
-        params: list[Any] = []
-        if experiment is not None:
-            terms.append(sql.SQL("experiment = %s"))
-            params.append(experiment)
-        if since is not None:  # on the partition key: only the partitions from that day on are read
-            terms.append(sql.SQL("ts >= %s"))
-            params.append(since_utc(since))
+        # a bound on ts is one on the partition key: only the partitions it reaches are read
+        terms = [sql.SQL("{} {} %s").format(sql.Identifier(c), sql.SQL(op)) for c, op, _ in conditions]
+        params = [v for _, _, v in conditions]
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms) if terms else sql.SQL("")
         query = sql.SQL("SELECT {} FROM {}{} ORDER BY ts, request_id").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(relation), where
@@ -359,15 +352,8 @@ class PostgresStore(TelemetryStore):
         arrays = [pa.array(list(v), type=schema.field(c).type) for c, v in zip(columns, values, strict=True)]
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def read_table(
-        self,
-        columns: Sequence[str] | None = None,
-        *,
-        experiment: str | None = None,
-        since: dt.datetime | None = None,
-    ) -> pa.Table:
-        cols = columns_or_all(columns)
-        table: pa.Table = self._run(lambda conn: self._select(conn, cols, TABLE, experiment, since))
+    def _read(self, columns: list[str], conditions: Sequence[Condition]) -> pa.Table:
+        table: pa.Table = self._run(lambda conn: self._select(conn, columns, TABLE, conditions))
         return table
 
     def days(self) -> dict[dt.date, int]:

@@ -33,13 +33,12 @@ from .schema import (
 )
 from .store import (
     DEFAULT_RETENTION_DAYS,
+    Condition,
     RetentionReport,
     StoreError,
     TelemetryStore,
     arrow_schema,
-    columns_or_all,
     cutoff_for,
-    since_utc,
     write_archive,
 )
 
@@ -279,23 +278,11 @@ class SqliteStore(TelemetryStore):
             ).fetchall()
         return _to_arrow(columns, rows)
 
-    def read_table(
-        self,
-        columns: Sequence[str] | None = None,
-        *,
-        experiment: str | None = None,
-        since: dt.datetime | None = None,
-    ) -> pa.Table:
-        terms: list[str] = []
-        params: list[Any] = []
-        if experiment is not None:
-            terms.append("experiment = ?")
-            params.append(experiment)
-        if since is not None:
-            terms.append("ts >= ?")
-            params.append(since_utc(since).timestamp())
-        where = f"WHERE {' AND '.join(terms)}" if terms else ""
-        return self._select(columns_or_all(columns), where, tuple(params))
+    def _read(self, columns: list[str], conditions: Sequence[Condition]) -> pa.Table:
+        # ts is stored as epoch seconds
+        params = tuple(v.timestamp() if isinstance(v, dt.datetime) else v for _, _, v in conditions)
+        where = " AND ".join(f"{c} {op} ?" for c, op, _ in conditions)
+        return self._select(columns, f"WHERE {where}" if where else "", params)
 
     def days(self) -> dict[dt.date, int]:
         with self._lock:

@@ -88,7 +88,6 @@ class TelemetryStore(abc.ABC):
     @abc.abstractmethod
     def count(self) -> int: ...
 
-    @abc.abstractmethod
     def read_table(
         self,
         columns: Sequence[str] | None = None,
@@ -100,6 +99,16 @@ class TelemetryStore(abc.ABC):
         ``experiment``, only that A/B experiment's records, and with ``since`` (timezone-aware), only
         those that started then or later. The filters run in the store, so a reader that follows one
         experiment (the rollout controller) reads its rows, not the table."""
+        conditions: list[Condition] = []
+        if experiment is not None:
+            conditions.append(("experiment", "=", experiment))
+        if since is not None:
+            conditions.append(("ts", ">=", since_utc(since)))
+        return self._read(columns_or_all(columns), conditions)
+
+    @abc.abstractmethod
+    def _read(self, columns: list[str], conditions: Sequence[Condition]) -> pa.Table:
+        """``read_table``'s rows: those meeting every (column, operator, value) condition, in SQL."""
 
     @abc.abstractmethod
     def days(self) -> dict[dt.date, int]:
@@ -123,6 +132,10 @@ class TelemetryStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: One filter of a read, rendered in SQL by each store: (column, comparison operator, value).
+Condition = tuple[str, str, Any]
 
 
 def since_utc(since: dt.datetime) -> dt.datetime:
