@@ -539,6 +539,11 @@ def main() -> None:
             for p in sorted(RESULTS.glob("loaded_collection_*.json"))
         },
     }
+    _publish(doc)
+
+
+def _publish(doc: dict[str, Any]) -> None:
+    """Store the results (plain JSON numbers) and render the page from them."""
     doc = json.loads(json.dumps(doc, default=float))
     print(f"wrote {write('model', doc)}")
     OUT.write_text(render(doc))
@@ -559,10 +564,7 @@ def _add_fresh(artifact: ModelArtifact, fresh_dirs: dict[str, str], ceilings: di
     }
     # the newest first, as the page lists them
     doc["fresh"] = added | {k: v for k, v in (doc.get("fresh") or {}).items() if k not in added}
-    doc = json.loads(json.dumps(doc, default=float))
-    print(f"wrote {write('model', doc)}")
-    OUT.write_text(render(doc))
-    print(f"wrote {OUT}")
+    _publish(doc)
 
 
 if __name__ == "__main__":
