@@ -11,7 +11,8 @@ setup: $(STAMP)
 
 # Re-installs (and recompiles the C module) whenever the packaging or the C source changes; `make setup`
 # on an up-to-date tree does nothing.
-$(STAMP): pyproject.toml setup.py src/dwcp_selector/_sample.c src/dwcp_selector/_dense.c
+$(STAMP): pyproject.toml setup.py src/dwcp_selector/_sample.c src/dwcp_selector/_dense.c \
+		src/dwcp_selector/_anchors.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,experiment,postgres,serving,train]'

@@ -1,5 +1,6 @@
-"""The compiled modules of the decision path: the basic features' sampled byte statistics
-(src/dwcp_selector/_sample.c) and the single-row runtime of the dense networks (src/dwcp_selector/_dense.c).
+"""The compiled modules: on the decision path, the basic features' sampled byte statistics
+(src/dwcp_selector/_sample.c) and the single-row runtime of the dense networks (src/dwcp_selector/_dense.c);
+in HDE's region coding, the content-defined anchors (src/dwcp_selector/_anchors.c).
 
 Everything else about the package is declared in pyproject.toml; setuptools' own pyproject table for
 extension modules is still experimental, so the extensions are declared here.
@@ -19,6 +20,11 @@ setup(
             "dwcp_selector._dense",
             sources=["src/dwcp_selector/_dense.c"],
             # -O3 vectorises the row updates; no -ffast-math: the sums stay in the order written
+            extra_compile_args=["-O3"],
+        ),
+        Extension(
+            "dwcp_selector._anchors",
+            sources=["src/dwcp_selector/_anchors.c"],
             extra_compile_args=["-O3"],
         ),
     ]

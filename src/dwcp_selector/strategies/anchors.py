@@ -13,8 +13,9 @@ made once per baseline and cached with it:
 * a chunk's anchors are looked up in the baseline's sorted keys, and the densest span of the matched
   baseline positions (at most ``span`` bytes) is where the chunk came from.
 
-This is the rsync / content-defined-chunking idea, sampled sparsely enough to cost a few milliseconds
-for a megabyte. Everything is exact numpy on the bytes: no randomness, the same result on every host.
+This is the rsync / content-defined-chunking idea, sampled sparsely enough to cost well under a
+millisecond for a megabyte (the scan is compiled: ``_anchors.c``). Everything is exact integer arithmetic
+on the bytes: no randomness, the same result on every host.
 """
 
 from __future__ import annotations
@@ -24,45 +25,27 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .._anchors import block_anchors
+
 __all__ = ["AnchorIndex", "anchor_keys", "locate"]
 
-_MULT = np.uint32(0x9E3779B1)
-#: An anchor where the hash of its 4 bytes is below this: one position in 256 on varied content.
-_THRESHOLD = np.uint32(1 << 24)
 _KEY_BYTES = 8
 _BLOCK = 4 << 20
 
 IntArray = npt.NDArray[np.int64]
 
 
-def _block_anchors(data: bytes | memoryview, start: int, end: int) -> IntArray:
-    """Anchor positions in ``data[start:end]`` (each with its full key inside ``data``)."""
-    n = min(end, len(data) - _KEY_BYTES) - start
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
-    # the little-endian 4-byte word at every position, built from four aligned views
-    words = np.empty(n, dtype=np.uint32)
-    for k in range(4):
-        slot = words[k::4]
-        view = np.frombuffer(data, dtype=np.uint32, count=slot.size, offset=start + k)
-        slot[:] = view
-    with np.errstate(over="ignore"):
-        hashed = words * _MULT
-    return np.flatnonzero((hashed < _THRESHOLD) & (words != 0)).astype(np.int64) + start
-
-
 def anchor_keys(data: bytes | memoryview) -> tuple[IntArray, npt.NDArray[np.uint64]]:
     """(positions, keys) of the content-defined anchors of ``data``, positions increasing.
 
-    Worked in blocks, so the memory it takes is a few times the block, whatever the size of ``data``.
+    Found by the compiled loop one block at a time, so the memory it takes is a few times the block's
+    anchors, whatever the size of ``data``.
     """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    found = [_block_anchors(data, s, s + _BLOCK) for s in range(0, max(0, len(buf) - _KEY_BYTES), _BLOCK)]
-    positions = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    if positions.size == 0:
-        return positions, np.zeros(0, dtype=np.uint64)
-    gathered = buf[positions[:, None] + np.arange(_KEY_BYTES)]
-    keys = np.ascontiguousarray(gathered).view(np.uint64).reshape(-1)
+    found = [block_anchors(data, s, s + _BLOCK) for s in range(0, max(0, len(data) - _KEY_BYTES), _BLOCK)]
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    positions = np.frombuffer(b"".join(p for p, _ in found), dtype=np.int64)
+    keys = np.frombuffer(b"".join(k for _, k in found), dtype=np.uint64)
     return positions, keys
 
 

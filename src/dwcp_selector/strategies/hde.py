@@ -94,6 +94,10 @@ LOCATE_MARGIN = 128 << 10
 #: Without anchors to go by: the baseline around the chunk's proportional position, this far each side.
 TIER3_MARGIN = 2 << 20
 TIER3_LEVEL = 3
+#: Region coding's first pass: zstd level 1 with long-distance matching, kept when its delta is at most
+#: 1/``REGION_COPY_RATIO`` of the content; a larger delta is coded again with the strong parser.
+REGION_COPY_LEVEL = 3
+REGION_COPY_RATIO = 64
 PAGES_LEVEL = 3
 #: Payload bytes before a chunk that a region frame sees: new content repeated across a chunk boundary.
 #: Smaller than zstd's: the baseline window holds most of what a chunk refers to, and a longer prefix
@@ -336,9 +340,20 @@ class HdeEncoder(Encoder):
         """A region frame's zstd frame of ``content`` against the baseline window and ``history``; and
         how many history bytes it used (none when the prefix is too short for zstd)."""
         prefix = b"".join((memoryview(baseline.data)[lo:hi], history))
-        options = self._zstd_options(TIER3_LEVEL, len(prefix) + len(content), True, limit)
+        span = len(prefix) + len(content)
+        # First the copy parser: content mostly copied from the window (a library or a database with
+        # shifted rows) is found whole by long-distance matching, and indexing the prefix with level 1's
+        # tables costs a quarter of lazy2's. Only a delta that stays large, where the parser's choices
+        # matter (a tarball with new files), pays for the second, strong pass, and the smaller one is kept.
+        options = self._zstd_options(REGION_COPY_LEVEL, span, False, limit)
         options[CompressionParameter.enable_long_distance_matching] = 1
         zframe = zstd_compress_with_prefix(content, prefix, options)
+        if len(zframe) * REGION_COPY_RATIO > len(content):
+            options = self._zstd_options(TIER3_LEVEL, span, True, limit)
+            options[CompressionParameter.enable_long_distance_matching] = 1
+            strong = zstd_compress_with_prefix(content, prefix, options)
+            if len(strong) < len(zframe):
+                zframe = strong
         return zframe, len(history) if len(prefix) >= MIN_PREFIX else 0
 
     @staticmethod

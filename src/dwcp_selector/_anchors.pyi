@@ -1,0 +1,3 @@
+from ._types import BytesLike
+
+def block_anchors(data: BytesLike, start: int, end: int, /) -> tuple[bytes, bytes]: ...
