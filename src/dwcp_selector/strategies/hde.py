@@ -301,7 +301,7 @@ class HdeEncoder(Encoder):
         if not region:
             if idx.size <= SEGMENT_PAGES:
                 content = new_pages.tobytes()
-                options = self._zstd_options(PAGES_LEVEL, 2 * len(content), small, limit)
+                options = self._zstd_options(PAGES_LEVEL, 2 * len(content), small, limit, lazy=small)
                 body = zstd_compress_with_prefix(content, old_pages.tobytes(), options)
                 return Tier.PAGES, ext, page_set + body, 0
             parts = [page_set]
@@ -315,7 +315,7 @@ class HdeEncoder(Encoder):
         if npages <= SEGMENT_PAGES:
             lo, hi = self._window(data, offset, total, baseline, anchors)
             history = context.history(self.context_bytes)
-            zframe, used = self._region(new_pages.tobytes(), baseline, lo, hi, history, limit)
+            zframe, used = self._region(new_pages.tobytes(), baseline, lo, hi, history, limit, small)
             return Tier.SHIFTED, self._ext(baseline, page_ref, lo, hi), page_set + zframe, used
         # A large chunk: every segment of SEGMENT_PAGES pages is coded as a chunk of that size would be
         # (its own window, the payload bytes before it as history), so decoding keeps one segment's
@@ -335,29 +335,37 @@ class HdeEncoder(Encoder):
         return Tier.SHIFTED_SEGMENTED, ext, b"".join(parts), context_used
 
     def _region(
-        self, content: bytes, baseline: Baseline, lo: int, hi: int, history: BytesLike, limit: int
+        self,
+        content: bytes,
+        baseline: Baseline,
+        lo: int,
+        hi: int,
+        history: BytesLike,
+        limit: int,
+        small: bool = False,
     ) -> tuple[bytes, int]:
         """A region frame's zstd frame of ``content`` against the baseline window and ``history``; and
         how many history bytes it used (none when the prefix is too short for zstd)."""
         prefix = b"".join((memoryview(baseline.data)[lo:hi], history))
         span = len(prefix) + len(content)
-        # First the copy parser: content mostly copied from the window (a library or a database with
-        # shifted rows) is found whole by long-distance matching, and indexing the prefix with level 1's
-        # tables costs a quarter of lazy2's. Only a delta that stays large, where the parser's choices
-        # matter (a tarball with new files), pays for the second, strong pass, and the smaller one is kept.
-        options = self._zstd_options(REGION_COPY_LEVEL, span, False, limit)
+        # First the copy pass: content mostly copied from the window (a library or a database with
+        # shifted rows) is found whole by long-distance matching, and indexing the prefix with level 3's
+        # own small tables costs a quarter of a full index. Only a delta that stays large (a tarball with
+        # new files), where short matches anywhere in the window count, pays for the second pass with
+        # tables sized for the whole prefix, and the smaller of the two is kept.
+        options = self._zstd_options(TIER3_LEVEL, span, False, limit)
         options[CompressionParameter.enable_long_distance_matching] = 1
         zframe = zstd_compress_with_prefix(content, prefix, options)
         if len(zframe) * REGION_COPY_RATIO > len(content):
-            options = self._zstd_options(TIER3_LEVEL, span, True, limit)
+            options = self._zstd_options(TIER3_LEVEL, span, True, limit, lazy=small)
             options[CompressionParameter.enable_long_distance_matching] = 1
-            strong = zstd_compress_with_prefix(content, prefix, options)
-            if len(strong) < len(zframe):
-                zframe = strong
+            indexed = zstd_compress_with_prefix(content, prefix, options)
+            if len(indexed) < len(zframe):
+                zframe = indexed
         return zframe, len(history) if len(prefix) >= MIN_PREFIX else 0
 
     @staticmethod
-    def _zstd_options(level: int, span: int, strong: bool, limit: int) -> dict[int, int]:
+    def _zstd_options(level: int, span: int, strong: bool, limit: int, lazy: bool = False) -> dict[int, int]:
         options: dict[int, int] = {
             CompressionParameter.compression_level: level,
             # (a window below the prefix loses nothing: zstd keeps the whole prefix reachable over the
@@ -365,16 +373,18 @@ class HdeEncoder(Encoder):
             CompressionParameter.window_log: min(window_log_for(span, floor=10), limit),
         }
         if strong:
-            # Deltas against a large prefix: loading the prefix dominates the time and the delta is small,
-            # so the lazy2 parser with tables sized for the prefix (level 3's are overwritten before the
-            # chunk starts) buys 7-15 % smaller deltas for ~30 % more time
+            # Deltas against a large prefix where short matches anywhere in it count: tables sized for
+            # the prefix (level 3's own are overwritten before the chunk starts). For whole small
+            # payloads the lazy2 parser buys 7-15 % smaller deltas for ~30 % more time; for region
+            # chunks the double-hash parser keeps most of that at half lazy2's time
             # (docs/decisions/0006-context-across-chunks.md).
-            options[CompressionParameter.strategy] = Strategy.lazy2
-            options[CompressionParameter.search_log] = 2
             # (no larger than the prefix needs: a smaller payload allocates, and faults in, less)
             hash_log = max(12, min(20, (max(span, 1) - 1).bit_length() - 2))
             options[CompressionParameter.hash_log] = hash_log
             options[CompressionParameter.chain_log] = hash_log - 1
+            if lazy:
+                options[CompressionParameter.strategy] = Strategy.lazy2
+                options[CompressionParameter.search_log] = 2
         return options
 
     def _window(
