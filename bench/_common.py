@@ -44,14 +44,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def label_provenance() -> dict[str, Any]:
-    """What priced the labels a result describes: the encoders' frame format and the cost model."""
+def label_provenance(encoders: str | None = None) -> dict[str, Any]:
+    """What priced the labels a result describes: the encoders (the library version of the records, when
+    the caller read them; else this build's), their frame format and the cost model."""
+    from dwcp_selector import __version__
     from dwcp_selector.costmodel import CostParams
     from dwcp_selector.strategies.frame import FORMAT_VERSION
 
     params = CostParams()
     return {
         "frame_format": FORMAT_VERSION,
+        "encoders": encoders or __version__,
         "cost_model": params.version,
         "cost_fingerprint": params.fingerprint,
     }
@@ -59,20 +62,36 @@ def label_provenance() -> dict[str, Any]:
 
 #: Results written before their JSON recorded it: the encoders then were frame format 1 (every chunk coded
 #: on its own, HDE tier 2 as XOR with the old page) and the cost model cost-v1.
+#: The encoders' version of results that do not say: 0.1.0 (0.2.0 changed HDE's region coding).
+FIRST_ENCODERS = "0.1.0"
 FORMAT_1_LABELS = {"frame_format": 1, "cost_model": "cost-v1", "cost_fingerprint": "fb321107037ed603"}
+
+
+def encoders_of(table: Any) -> str | None:
+    """The library versions that measured a table of telemetry records (``library_version``), or None."""
+    if "library_version" not in table.column_names:
+        return None
+    return ", ".join(sorted({v for v in table.column("library_version").to_pylist() if v}))
 
 
 def provenance_note(labels: dict[str, Any] | None) -> str:
     """One paragraph saying which encoders the labels came from, and whether this build still has them."""
     labels = labels or FORMAT_1_LABELS
+    # results written before they recorded the encoders' version came from 0.1.0's
+    encoders = labels.get("encoders", FIRST_ENCODERS)
     now = label_provenance()
     text = (
-        f"**Labels** from the encoders of frame format {labels['frame_format']}, priced by cost model "
-        f"`{labels['cost_model']}` (`{labels['cost_fingerprint']}`)."
+        f"**Labels** from the encoders of dwcp-selector {encoders} (frame format {labels['frame_format']}), "
+        f"priced by cost model `{labels['cost_model']}` (`{labels['cost_fingerprint']}`)."
     )
-    if labels["frame_format"] != now["frame_format"] or labels["cost_fingerprint"] != now["cost_fingerprint"]:
+    if (encoders, labels["frame_format"], labels["cost_fingerprint"]) != (
+        now["encoders"],
+        now["frame_format"],
+        now["cost_fingerprint"],
+    ):
         text += (
-            f" This build's encoders are frame format {now['frame_format']} and it prices with "
+            f" This build's encoders are dwcp-selector {now['encoders']}'s (frame format "
+            f"{now['frame_format']}) and it prices with "
             f"`{now['cost_model']}` (`{now['cost_fingerprint']}`): these figures describe the earlier "
             "encoders and stay as they were measured until the data is collected again with this build "
             "(`docs/decisions/0006-context-across-chunks.md`)."

@@ -517,7 +517,7 @@ def main() -> None:
     repeat = RESULTS / "label_repeatability.json"
     doc = {
         "machine": machine(),
-        "labels": label_provenance(),
+        "labels": label_provenance(_dataset_encoders(args.data)),
         "model": {"size_bytes": artifact.size_bytes(), "kind": artifact.kind, "family": artifact.family},
         "dataset_rows": manifest["rows"],
         "holdout_types": manifest.get("holdout_types", []),
@@ -540,6 +540,17 @@ def main() -> None:
         },
     }
     _publish(doc)
+
+
+def _dataset_encoders(data: Path) -> str | None:
+    """The library versions that measured an exported dataset's records (its Parquet splits)."""
+    import pyarrow.parquet as pq
+
+    versions: set[str] = set()
+    for part in sorted(Path(data).glob("*.parquet")):
+        table = pq.read_table(part, columns=["library_version"])
+        versions |= {v for v in table.column("library_version").to_pylist() if v}
+    return ", ".join(sorted(versions)) or None
 
 
 def _publish(doc: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import label_provenance, machine, provenance_note, rerender, write
+from _common import encoders_of, label_provenance, machine, provenance_note, rerender, write
 from dwcp_selector.dataset.quality import assess
 from dwcp_selector.telemetry.schema import STRATEGIES
 from dwcp_selector.telemetry.store import open_store
@@ -138,7 +138,7 @@ def main() -> None:
     report = assess(table)
     doc = {
         "machine": machine(),
-        "labels": label_provenance(),
+        "labels": label_provenance(encoders_of(table)),
         "collection": json.loads(args.collect_report.read_text()),
         "validation": report.to_dict(),
         "by_type": type_by_label(table),

@@ -17,6 +17,10 @@ at memory speed). Then, per chunk, the cheapest tier that finds the changed page
   coded with zstd using as prefix the baseline window around the chunk's proportionally mapped position
   (+/-2 MiB) *and* the payload's preceding ``context`` bytes, window grown to cover both and
   long-distance matching on, as ``zstd --patch-from`` does (the defaults would find no delta at all).
+  Two passes: a copy pass with level 3's own small tables, which long-distance matching makes enough
+  for content copied from the window (a library or a database whose rows shifted) at a quarter of a
+  full index's time; where its delta stays over 1/64 of the content (new files in a tarball), a second
+  pass with tables sized for the whole prefix, and the smaller frame is kept.
 
 Pages frames depend only on the baseline, so they decode in any order; region frames depend on the
 payload bytes before them and decode in order (the frame header says how many bytes). The per-payload
