@@ -67,11 +67,11 @@ FIRST_ENCODERS = "0.1.0"
 FORMAT_1_LABELS = {"frame_format": 1, "cost_model": "cost-v1", "cost_fingerprint": "fb321107037ed603"}
 
 
-def encoders_of(table: Any) -> str | None:
-    """The library versions that measured a table of telemetry records (``library_version``), or None."""
-    if "library_version" not in table.column_names:
-        return None
-    return ", ".join(sorted({v for v in table.column("library_version").to_pylist() if v}))
+def encoders_of(*tables: Any) -> str | None:
+    """The library versions that measured tables of telemetry records (``library_version``), or None."""
+    columns = [t.column("library_version") for t in tables if "library_version" in t.column_names]
+    versions = {v for column in columns for v in column.to_pylist()}
+    return ", ".join(sorted(v for v in versions if v)) or None
 
 
 def provenance_note(labels: dict[str, Any] | None) -> str:

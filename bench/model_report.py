@@ -33,6 +33,7 @@ from typing import Any
 from _common import (
     HEADLINE,
     RESULTS,
+    encoders_of,
     headline_figures,
     label_provenance,
     machine,
@@ -546,11 +547,8 @@ def _dataset_encoders(data: Path) -> str | None:
     """The library versions that measured an exported dataset's records (its Parquet splits)."""
     import pyarrow.parquet as pq
 
-    versions: set[str] = set()
-    for part in sorted(Path(data).glob("*.parquet")):
-        table = pq.read_table(part, columns=["library_version"])
-        versions |= {v for v in table.column("library_version").to_pylist() if v}
-    return ", ".join(sorted(versions)) or None
+    parts = sorted(data.glob("*.parquet"))
+    return encoders_of(*(pq.read_table(p, columns=["library_version"]) for p in parts))
 
 
 def _publish(doc: dict[str, Any]) -> None:

@@ -24,6 +24,11 @@ def _machine(m: dict[str, Any]) -> str:
     )
 
 
+def _heading(title: str, command: str, doc: dict[str, Any], mode: str = "") -> list[str]:
+    """A section's title and the command that measured it, with the machine and date it ran on."""
+    return [f"## {title}", "", f"`{command}` — measured {_machine(doc['machine'])}{mode}.", ""]
+
+
 def _num(x: float | None, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
@@ -64,10 +69,7 @@ def strategies_section(doc: dict[str, Any]) -> list[str]:
         mode += " (`--sizes-only`: one run per codec, speeds of that run)"
     tools = doc.get("tools", {})
     lines = [
-        "## Encoders against the reference codecs",
-        "",
-        "`python bench/strategies.py` — measured " + _machine(doc["machine"]) + mode + ".",
-        "",
+        *_heading("Encoders against the reference codecs", "python bench/strategies.py", doc, mode),
         "Ratio = original / encoded bytes; MB/s of original bytes, one core, median of 7 runs below 4 MiB, 3",
         "below 64 MiB, 1 above. `none`, `lz4`, `zstd`, `hde` are this project's encoders through the payload",
         "codec (1 MiB chunks, framed, checksummed, as AMST sends them; every round trip verified); the others",
@@ -128,10 +130,7 @@ def strategies_section(doc: dict[str, Any]) -> list[str]:
 
 def hde_edits_section(doc: dict[str, Any]) -> list[str]:
     lines = [
-        "## HDE on constructed edits of real content",
-        "",
-        "`python bench/hde_edits.py` — measured " + _machine(doc["machine"]) + ".",
-        "",
+        *_heading("HDE on constructed edits of real content", "python bench/hde_edits.py", doc),
         "Real content, constructed edits: large blocks appended, inserted, deleted or moved, and the",
         "corpus's shared libraries with the staging workload's edit model (ten small replacements,",
         "insertions and deletions, so every page after the first is shifted: the `executable` version",
@@ -154,10 +153,7 @@ def hde_edits_section(doc: dict[str, Any]) -> list[str]:
 
 def amst_section(doc: dict[str, Any]) -> list[str]:
     lines = [
-        "## AMST over loopback",
-        "",
-        "`python bench/amst.py --gib 1 --repeats 3` — measured " + _machine(doc["machine"]) + ".",
-        "",
+        *_heading("AMST over loopback", "python bench/amst.py --gib 1 --repeats 3", doc),
         "Sender and receiver in one process on the same 2 cores, loopback TCP: this is the transport's",
         "own cost (encoding on the stream threads, framing, checksums, reassembly and the whole-payload",
         "check), not a link. Every transfer was verified byte for byte after reassembly.",
@@ -185,10 +181,7 @@ def amst_section(doc: dict[str, Any]) -> list[str]:
 
 def memory_section(doc: dict[str, Any]) -> list[str]:
     lines = [
-        "## Memory of `measure` on a large file",
-        "",
-        "`python bench/measure_memory.py` — measured " + _machine(doc["machine"]) + ".",
-        "",
+        *_heading("Memory of `measure` on a large file", "python bench/measure_memory.py", doc),
         "Peak resident set size of the whole `dwcp-selector measure FILE --json` process (interpreter and",
         "libraries included) on a 64 MiB file; the bar is 6× the payload.",
         "",
@@ -206,12 +199,11 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
 
 def telemetry_section(doc: dict[str, Any]) -> list[str]:
     lines = [
-        "## Telemetry collector on the transfer path",
-        "",
-        "`python bench/telemetry.py --pg-restart --staging-store sqlite:///data/staging-100k.db` — measured "
-        + _machine(doc["machine"])
-        + ".",
-        "",
+        *_heading(
+            "Telemetry collector on the transfer path",
+            "python bench/telemetry.py --pg-restart --staging-store sqlite:///data/staging-100k.db",
+            doc,
+        ),
         f"A caller records {doc['rate']:,} records/s for {doc['seconds']:.0f} s, collector off then on, three "
         "alternating pairs per store (medians; the runs' values in `bench/results/telemetry.json`). Latency is "
         "the caller's `record()` call; CPU is the whole process's (writer thread included), on − off, per record.",
@@ -254,10 +246,7 @@ def telemetry_section(doc: dict[str, Any]) -> list[str]:
 def inference_section(doc: dict[str, Any]) -> list[str]:
     m = doc["model"]
     lines = [
-        "## Decision latency",
-        "",
-        f"`python bench/inference.py --model MODEL_DIR` — measured {_machine(doc['machine'])}.",
-        "",
+        *_heading("Decision latency", "python bench/inference.py --model MODEL_DIR", doc),
         f"Model: {m['candidate']} ({m['kind']}, {m['family']}), {m['size_bytes']:,} bytes of ONNX. One thread;",
         f"p50/p99 of {doc['calls']:,} calls per row (fewer for the costly rows), median of {doc['repeats']} runs.",
         "",

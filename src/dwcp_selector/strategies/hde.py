@@ -98,9 +98,9 @@ LOCATE_MARGIN = 128 << 10
 #: Without anchors to go by: the baseline around the chunk's proportional position, this far each side.
 TIER3_MARGIN = 2 << 20
 TIER3_LEVEL = 3
-#: Region coding's first pass: zstd level 1 with long-distance matching, kept when its delta is at most
-#: 1/``REGION_COPY_RATIO`` of the content; a larger delta is coded again with the strong parser.
-REGION_COPY_LEVEL = 3
+#: Region coding's copy pass (``TIER3_LEVEL`` with its own tables, long-distance matching) is kept when its
+#: delta is at most 1/``REGION_COPY_RATIO`` of the content; a larger delta is coded again with tables
+#: sized for the prefix, and the smaller frame kept.
 REGION_COPY_RATIO = 64
 PAGES_LEVEL = 3
 #: Payload bytes before a chunk that a region frame sees: new content repeated across a chunk boundary.
