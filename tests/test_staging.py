@@ -34,6 +34,17 @@ def test_plan_is_a_function_of_the_seed() -> None:
     assert all(SMALL.min_bytes <= s.size <= SMALL.max_bytes for s in a)
 
 
+def test_two_seeds_never_share_a_session_name() -> None:
+    # a fleet's store holds several hosts' collections; the split keeps a name's records together, so a
+    # name must mean one session's payloads: the same seed and index, not just the same kind and index
+    a, b = plan_sessions(7, 200, SMALL, START), plan_sessions(8, 200, SMALL, START)
+    assert not {s.session_id for s in a} & {s.session_id for s in b}
+    assert [s.session_id for s in a] == [s.session_id for s in plan_sessions(7, 200, SMALL, START)]
+    pools = default_pools(0)
+    groups = [t.payload_group_id for s in (a[0], b[0]) for t in session_transfers(s, s.seed or 0, pools)]
+    assert len(set(groups)) == len(groups)
+
+
 def test_session_bytes_are_a_function_of_seed_and_index() -> None:
     pools = default_pools(0)
     for session in plan_sessions(3, 60, SMALL, START)[:12]:
