@@ -30,6 +30,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from _common import (
     HEADLINE,
     RESULTS,
@@ -186,6 +188,53 @@ def _fresh_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _by_host(artifact: ModelArtifact, splits: dict[str, Split]) -> dict[str, dict[str, Any]]:
+    """The test and holdout splits cut by the CPU that measured each record, when they hold several."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("test", "holdout"):
+        split = splits.get(name)
+        hosts = split.cols.get("host_cpu") if split is not None else None
+        if split is None or hosts is None:
+            continue
+        names = np.asarray([str(h) for h in hosts], dtype=object)
+        if len(set(names)) < 2:
+            continue
+        out[name] = {
+            h: headline_figures(evaluate_artifact(artifact, split.take(np.flatnonzero(names == h))))
+            for h in sorted(set(names))
+        }
+    return out
+
+
+def _host_lines(by_host: dict[str, dict[str, Any]]) -> list[str]:
+    if not by_host:
+        return []
+    lines = [
+        "",
+        "The same splits cut by the CPU whose collection measured each record (a fleet's store holds several "
+        "hosts' records; the model sees each record's own host profile). Each cell: near-optimal / mean "
+        "regret / p95 regret.",
+        "",
+        "| split | host | rows | all | decisive acc. | dc | metro | wan | edge |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for split, hosts in by_host.items():
+        for host, r in hosts.items():
+            links = [r["by_link"].get(k) for k in ("dc", "metro", "wan", "edge")]
+            cells = [
+                "–"
+                if not x
+                else f"{pct(x['near_optimal_rate'])} / {pct(x['regret_mean'])} / {pct(x['regret_p95'])}"
+                for x in [r, *links]
+            ]
+            lines.append(
+                f"| {split} | {host} | {r['rows']:,} | {cells[0]} | {pct(r['decisive_accuracy'])} | "
+                + " | ".join(cells[1:])
+                + " |"
+            )
+    return lines
+
+
 def render(doc: dict[str, Any]) -> str:
     s, ev, m = doc["training"], doc["evaluation"], doc["machine"]
     test = ev.get("test") or ev["val"]
@@ -217,6 +266,7 @@ def render(doc: dict[str, Any]) -> str:
     for name in ("train", "val", "test", "holdout", "test_fleet", "holdout_fleet"):
         if name in ev:
             lines.append(headline(name, ev[name]))
+    lines += _host_lines(doc.get("by_host") or {})
     if "test_fleet" in ev:
         lines += [
             "",
@@ -524,6 +574,7 @@ def main() -> None:
         "holdout_types": manifest.get("holdout_types", []),
         "training": training,
         "evaluation": evaluation,
+        "by_host": _by_host(artifact, splits),
         "without_fast_path": {
             k: no_fast[k]
             for k in ("near_optimal_rate", "accuracy", "decisive_accuracy", "regret_mean", "regret_p95")

@@ -3,7 +3,7 @@
     dwcp-selector collect --store sqlite:///data/staging-100k.db --samples 100000 --seed 3031 \\
         --workers 1 --start 2026-11-19 --json > data/collect-100k.json
     python bench/staging_report.py --store sqlite:///data/staging-100k.db \\
-        --collect-report data/collect-100k.json
+        --collect-report data/collect-100k.json --workers 1 --command "dwcp-selector collect …"
 
 Writes ``bench/results/staging.json`` (the collection report and the validation) and the page.
 """
@@ -44,8 +44,7 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "```sh",
         doc.get("command")
-        or f"dwcp-selector collect --store {c['store']} --samples {c['records']} --seed {c['seed']} --workers 2 "
-        "--start 2026-11-15 --json",
+        or f"dwcp-selector collect --store {c['store']} --samples {c['records']} --seed {c['seed']} --json",
         "```",
         "",
         f"on {m['cpu']}, {m['cores']} cores, Python {m['python']}, dwcp-selector {m['dwcp_selector']}; "
@@ -121,7 +120,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store")
     ap.add_argument("--collect-report", type=Path, help="JSON printed by collect --json")
-    ap.add_argument("--command", help="the collect command as it was run")
+    ap.add_argument(
+        "--command", required=False, help="the collect command as it was run (required unless --render-only)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="as the collection was run")
     ap.add_argument(
         "--render-only", action="store_true", help="rewrite the page from bench/results/staging.json alone"
@@ -133,6 +134,8 @@ def main() -> None:
         return
     if args.store is None or args.collect_report is None:
         ap.error("--store and --collect-report are required (or --render-only)")
+    if args.command is None:  # the collect report holds neither the start date nor the worker count
+        ap.error("--command is required: the collect command as it was run")
     with open_store(args.store) as store:
         table = store.read_table()
     report = assess(table)

@@ -320,11 +320,12 @@ def test_a_host_aware_model_decides_with_the_nodes_profile(trained: tuple[Path, 
     from dwcp_selector.link import SystemState
     from dwcp_selector.modeling.decide import Decider, decision_vector
     from dwcp_selector.modeling.policy import LIGHT
+    from dwcp_selector.training.hosts import DEFAULT_PROFILE_SD
 
     out, _ = trained
     artifact = load_artifact(out)
     assert artifact.extra["host_draws"]["spread_log2"] > 0
-    assert artifact.extra["host_draws"]["profile_sd_log2"] == 0.4  # training.hosts.DEFAULT_PROFILE_SD
+    assert artifact.extra["host_draws"]["profile_sd_log2"] == DEFAULT_PROFILE_SD
     assert artifact.extra["training_hosts"] and artifact.extra["training_hosts"][0]["records"] > 0
     spec = artifact.tiers[LIGHT].spec
     assert spec.with_host and spec.names[-1] == "host:host_python_ops_s"

@@ -671,6 +671,17 @@ def calibrate(
     return summary
 
 
+def _training_hosts_line(hosts: list[dict[str, Any]]) -> str:
+    """The training hosts by CPU model: records, and how many profiles (history snapshots) they carried."""
+    by_cpu: dict[str, list[int]] = {}
+    for h in hosts:
+        by_cpu.setdefault(str(h.get("host_cpu")), []).append(int(h.get("records") or 0))
+    return ", ".join(
+        f"{cpu} ({sum(n):,} records" + (f" under {len(n)} profiles)" if len(n) > 1 else ")")
+        for cpu, n in by_cpu.items()
+    )
+
+
 def model_card(summary: dict[str, Any], artifact: ModelArtifact) -> str:
     m = summary["metrics"]
     test = m.get("test") or m.get("val")
@@ -739,13 +750,7 @@ def model_card(summary: dict[str, Any], artifact: ModelArtifact) -> str:
                 "  hosts 0.42–2.4× as fast as the collecting one, each codec with its own factor",
                 "  (docs/training.md); re-pricing overshoots payloads under 1 MiB on a cache-contended host",
                 "  (`bench/host_reprice.py`). Training hosts: "
-                + (
-                    ", ".join(
-                        f"{h.get('host_cpu')} ({h.get('records'):,} records)"
-                        for h in artifact.extra.get("training_hosts") or []
-                    )
-                    or "not recorded"
-                )
+                + (_training_hosts_line(artifact.extra.get("training_hosts") or []) or "not recorded")
                 + ".",
                 "- On a host whose speed drifts, labels move with it: refresh the node's profile",
                 "  (`Selector.refresh_host_profile`).",
