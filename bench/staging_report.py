@@ -120,9 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store")
     ap.add_argument("--collect-report", type=Path, help="JSON printed by collect --json")
-    ap.add_argument(
-        "--command", required=False, help="the collect command as it was run (required unless --render-only)"
-    )
+    ap.add_argument("--command", help="the collect command as it was run (required unless --render-only)")
     ap.add_argument("--workers", type=int, default=1, help="as the collection was run")
     ap.add_argument(
         "--render-only", action="store_true", help="rewrite the page from bench/results/staging.json alone"

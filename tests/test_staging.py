@@ -41,7 +41,7 @@ def test_two_seeds_never_share_a_session_name() -> None:
     assert not {s.session_id for s in a} & {s.session_id for s in b}
     assert [s.session_id for s in a] == [s.session_id for s in plan_sessions(7, 200, SMALL, START)]
     pools = default_pools(0)
-    groups = [t.payload_group_id for s in (a[0], b[0]) for t in session_transfers(s, s.seed or 0, pools)]
+    groups = [t.payload_group_id for s in (a[0], b[0]) for t in session_transfers(s, s.seed, pools)]
     assert len(set(groups)) == len(groups)
 
 

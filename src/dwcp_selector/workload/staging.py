@@ -117,8 +117,8 @@ class PlannedSession:
     size: int
     versions: int
     start: dt.datetime
+    seed: int  # the plan's seed: one seed's sessions never share a name with another's
     limit: int = 64 * MiB  # no version of the session grows past this (the plan's largest size)
-    seed: int | None = None  # the plan's seed: one seed's sessions never share a name with another's
 
     @property
     def session_id(self) -> str:
@@ -127,8 +127,6 @@ class PlannedSession:
         Records of several hosts' collections share one store and one export, which keeps a session's
         records in one split; two seeds' sessions of the same kind and index are unrelated payloads.
         """
-        if self.seed is None:
-            return f"{self.kind}-{self.index:06d}"
         return f"{self.kind}-{self.seed}-{self.index:06d}"
 
 
@@ -190,7 +188,7 @@ def plan_sessions(
         versions = min(int(rng.geometric(1.0 / mix.mean_versions)), payloads - total)
         size = int(_log_uniform(rng, mix.min_bytes, mix.max_bytes))
         begin = start + span * float(rng.random())
-        sessions.append(PlannedSession(len(sessions), kind, size, versions, begin, mix.max_bytes, seed))
+        sessions.append(PlannedSession(len(sessions), kind, size, versions, begin, seed, mix.max_bytes))
         total += versions
     return sessions
 
